@@ -1,0 +1,118 @@
+"""Resolve the models a run uses and record their identities.
+
+The ``models`` stage writes ``artifacts/models/manifest.json``. With ``model.preset: tiny-random`` (and, until
+the trained embedded teacher ships, ``tiny``) the tiny diffusion models and the tiny open_clip model are built
+from configs with ``model.seed`` and saved there in their real on-disk layouts; with ``sd`` the manifest
+points at the user's Stable Diffusion folder and open_clip checkpoint. Every later stage loads through
+:func:`load_models`, i.e. through the libraries' own loaders, and records the identities in its artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import paths
+from spade_core.calibration.clip import ClipModels, build_tiny_clip, load_clip
+from spade_core.diffusion.models import (
+    DiffusionModels,
+    build_tiny_diffusion_models,
+    load_diffusion_models,
+    model_identity,
+)
+
+TINY_CLIP_ARCH = "spade-tiny-clip"
+
+
+@dataclass
+class LoadedModels:
+    diffusion: DiffusionModels
+    clip: ClipModels
+    manifest: dict[str, Any]
+
+    @property
+    def teacher_identity(self) -> str:
+        return self.manifest["diffusion"]["identity"]
+
+    @property
+    def clip_identity(self) -> str:
+        return self.manifest["clip"]["identity"]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device=cuda but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def _file_identity(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str, Any]:
+    """Build (tiny presets) or locate (sd) the models and return the manifest written to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preset = model_params.preset
+    if preset in ("tiny", "tiny-random"):
+        diff_dir = out_dir / "diffusion"
+        build_tiny_diffusion_models(diff_dir, seed=model_params.seed)
+        clip_dir = out_dir / "clip"
+        clip_ckpt = build_tiny_clip(clip_dir, seed=model_params.seed)
+        clip_arch = str(clip_dir / f"{TINY_CLIP_ARCH}.json")
+        diffusion = {"path": "diffusion", "relative": True}
+        clip = {"arch": clip_arch.replace(str(out_dir) + "/", ""), "checkpoint": Path(clip_ckpt).name,
+                "relative": True}
+    else:
+        sd = Path(model_params.sd_path).expanduser().resolve()
+        ckpt = Path(model_params.clip_checkpoint).expanduser().resolve()
+        if not sd.is_dir():
+            raise FileNotFoundError(f"model.sd_path={sd}: not a directory (need a diffusers-layout SD folder)")
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"model.clip_checkpoint={ckpt}: file not found")
+        diff_dir, clip_ckpt = sd, ckpt
+        diffusion = {"path": str(sd), "relative": False}
+        clip = {"arch": model_params.clip_arch, "checkpoint": str(ckpt), "relative": False}
+    diffusion["identity"] = model_identity(diff_dir)
+    clip["identity"] = _file_identity(Path(clip_ckpt))
+    manifest = {"preset": preset, "seed": model_params.seed, "image_size": model_params.image_size,
+                "diffusion": diffusion, "clip": clip}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(models_dir: Path = paths.MODELS) -> dict[str, Any]:
+    path = models_dir / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the `models` stage first (dvc repro models)")
+    return json.loads(path.read_text())
+
+
+def load_models(
+    models_dir: Path = paths.MODELS, device: str = "cpu", dtype: str = "float32"
+) -> LoadedModels:
+    """Load the diffusion models and CLIP named by the manifest in ``models_dir``."""
+    manifest = read_manifest(models_dir)
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    d, c = manifest["diffusion"], manifest["clip"]
+    diff_path = models_dir / d["path"] if d["relative"] else Path(d["path"])
+    diffusion = load_diffusion_models(diff_path, device=dev, dtype=dt)
+    arch = str(models_dir / c["arch"]) if c["relative"] else c["arch"]
+    ckpt = models_dir / "clip" / c["checkpoint"] if c["relative"] else Path(c["checkpoint"])
+    clip = load_clip(arch, ckpt, device=dev)
+    return LoadedModels(diffusion=diffusion, clip=clip, manifest=manifest)

@@ -1,0 +1,43 @@
+"""Where every stage reads and writes, relative to the working directory (the repository root under DVC).
+
+Paths are fixed (not parameters) so that ``dvc.yaml`` can name each stage's outputs literally.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+DATASET = PREPARED / "dataset"  # synthetic source only: the generated PSG-format release
+INDEX = PREPARED / "index"  # train.parquet, test.parquet
+CLASSES_JSON = PREPARED / "classes.json"
+SPLIT_JSON = PREPARED / "split.json"
+PREPARE_REPORT = PREPARED / "report.json"
+
+MODELS = Path("artifacts/models")
+MODELS_MANIFEST = MODELS / "manifest.json"
+
+INVERT = Path("artifacts/invert")
+INVERT_STORE = INVERT / "teacher.zarr"
+INVERT_METRICS = Path("artifacts/invert_metrics.json")
+
+CALIBRATE = Path("artifacts/calibrate")
+CALIBRATE_CHECKPOINTS = Path("artifacts/calibrate_checkpoints")
+CALIBRATE_METRICS = Path("artifacts/calibrate_metrics.json")
+CALIBRATE_CURVE = Path("artifacts/calibrate_curve.csv")
+
+TRAIN = Path("artifacts/train")
+TRAIN_CHECKPOINTS = Path("artifacts/train_checkpoints")
+FEATURE_CACHE = Path("artifacts/feature_cache")
+TRAIN_CURVE = Path("artifacts/train_curve.csv")
+
+EVALUATE = Path("artifacts/evaluate")
+EVALUATE_METRICS = Path("artifacts/metrics.json")
+EVALUATE_PLOTS = Path("artifacts/per_predicate_recall.csv")
+
+
+def index_path(split: str) -> Path:
+    """Parquet index of one dataset split (``train`` or ``test``)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return INDEX / f"{split}.parquet"

@@ -1,0 +1,241 @@
+"""Sharded, resumable Zarr v3 stores for the inversion artifacts.
+
+Layout of one store (a Zarr v3 group, local path or fsspec URL such as ``s3://bucket/x.zarr``)::
+
+    latents        float32 [N, 2, C, h, w]   inverted noise (x_N, x_{N-1}); DDIM fills slot 1 with x_N too
+    attn           float16 [N, T, ha, wa]    teacher cross-attention per prompt token (heads+layers averaged)
+    tokens         int32   [N, T]            prompt token ids (padded)
+    roles          int8    [N, T]            0 other/pad, 1 subject, 2 predicate, 3 object
+    triplet_index  int16   [N, T]            triplet a token belongs to, -1 for none
+    lengths        int32   [N]               prompt length in tokens (start/end included)
+    recon_error    float32 [N]               ||x0_rec - x0|| / ||x0|| of the inversion (NaN if not measured)
+    image_ids      str     [N]
+    _complete/shard-XXXXX                    empty marker objects, one per finished shard
+
+One chunk per image, ``shard_size`` images per shard file, so a store of thousands of images is a few files
+(DVC hashes/pushes few large files quickly). Writers own whole shards: rank ``r`` of ``W`` writes shards
+``r, r+W, ...`` and marks each complete only after all its arrays are written, so an interrupted run resumes
+by skipping complete shards, and two writers never touch one shard file. Settings that determine the content
+(method, steps, model identity, image list, ...) live in the group attributes under ``settings``; opening an
+existing store with other settings raises :class:`StoreMismatchError` instead of mixing the two.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.storage import StoreLike
+
+ARRAY_SPECS: dict[str, tuple[str, str]] = {
+    # name: (dtype, per-image shape key)
+    "latents": ("float32", "latent"),
+    "attn": ("float16", "attn"),
+    "tokens": ("int32", "tokens"),
+    "roles": ("int8", "tokens"),
+    "triplet_index": ("int16", "tokens"),
+    "lengths": ("int32", "scalar"),
+    "recon_error": ("float32", "scalar"),
+}
+
+
+class StoreMismatchError(RuntimeError):
+    """An existing store was written with settings other than the current ones."""
+
+
+class StoreIncompleteError(RuntimeError):
+    """A reader asked for a store whose shards are not all complete."""
+
+
+@dataclass(frozen=True)
+class StoreGeometry:
+    num_images: int
+    latent_shape: tuple[int, int, int]  # C, h, w
+    num_tokens: int
+    attn_shape: tuple[int, int]  # ha, wa
+    shard_size: int
+
+    @property
+    def num_shards(self) -> int:
+        return (self.num_images + self.shard_size - 1) // self.shard_size
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, self.num_images)
+
+    def per_image_shape(self, kind: str) -> tuple[int, ...]:
+        return {
+            "latent": (2, *self.latent_shape),
+            "attn": (self.num_tokens, *self.attn_shape),
+            "tokens": (self.num_tokens,),
+            "scalar": (),
+        }[kind]
+
+
+def _diff(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(stored) | set(current))
+    return [
+        f"{k}: store has {stored.get(k)!r}, current is {current.get(k)!r}"
+        for k in keys
+        if stored.get(k) != current.get(k)
+    ]
+
+
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(settings, sort_keys=True))
+
+
+class InversionStore:
+    """A sharded Zarr v3 group holding per-image inversion results (see module docstring)."""
+
+    def __init__(self, group: zarr.Group, geometry: StoreGeometry, location: str) -> None:
+        self.group = group
+        self.geometry = geometry
+        self.location = location
+
+    # ------------------------------------------------------------------ creation / opening
+    @classmethod
+    def create_or_open(
+        cls,
+        location: StoreLike,
+        geometry: StoreGeometry,
+        image_ids: list[str],
+        settings: dict[str, Any],
+        *,
+        replace_mismatched: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> InversionStore:
+        """Open the store at ``location`` for writing, creating it if absent (rank 0 only).
+
+        An existing store must have identical ``settings``, geometry and image ids, otherwise
+        :class:`StoreMismatchError` lists the differences (or, with ``replace_mismatched``, the old store
+        is deleted and a new one created).
+        """
+        if len(image_ids) != geometry.num_images:
+            raise ValueError(f"{len(image_ids)} image ids for a store of {geometry.num_images} images")
+        full = _jsonable({**settings, "geometry": geometry.__dict__, "image_ids_hash": _ids_hash(image_ids)})
+        opts = {"storage_options": storage_options} if storage_options else {}
+        try:
+            group = zarr.open_group(location, mode="r+", **opts)
+            existing = dict(group.attrs).get("settings")
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            group, existing = None, None
+        if group is not None and existing is not None:
+            problems = _diff(existing, full)
+            if not problems:
+                return cls(group, geometry, str(location))
+            if not replace_mismatched:
+                raise StoreMismatchError(
+                    f"inversion store {location} was written with other settings; refusing to mix them:\n  "
+                    + "\n  ".join(problems)
+                    + "\nDelete the store, or rerun with invert.on_mismatch=replace "
+                    "(a store committed by `dvc repro` is still in the DVC cache)."
+                )
+        group = zarr.open_group(location, mode="w", **opts)
+        g = geometry
+        for name, (dtype, kind) in ARRAY_SPECS.items():
+            per = g.per_image_shape(kind)
+            fill = float("nan") if name == "recon_error" else 0
+            group.create_array(
+                name,
+                shape=(g.num_images, *per),
+                chunks=(1, *per),
+                shards=(g.shard_size, *per),
+                dtype=dtype,
+                fill_value=fill,
+            )
+        ids = group.create_array("image_ids", shape=(g.num_images,), chunks=(g.shard_size,), dtype=str, fill_value="")
+        ids[:] = np.asarray(image_ids, dtype=object)
+        group.create_group("_complete")
+        group.attrs["settings"] = full
+        return cls(group, geometry, str(location))
+
+    @classmethod
+    def open(
+        cls,
+        location: StoreLike,
+        *,
+        expected: dict[str, Any] | None = None,
+        require_complete: bool = True,
+        storage_options: dict[str, Any] | None = None,
+    ) -> InversionStore:
+        """Open a store for reading; check ``expected`` settings (a subset) and completeness."""
+        opts = {"storage_options": storage_options} if storage_options else {}
+        try:
+            group = zarr.open_group(location, mode="r", **opts)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+            raise FileNotFoundError(f"no inversion store at {location} (run the `invert` stage)") from None
+        settings = dict(group.attrs).get("settings")
+        if settings is None:
+            raise StoreIncompleteError(f"{location} has no settings attribute: not an inversion store")
+        geometry = StoreGeometry(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings["geometry"].items()})
+        store = cls(group, geometry, str(location))
+        if expected:
+            problems = _diff({k: settings.get(k) for k in expected}, _jsonable(expected))
+            if problems:
+                raise StoreMismatchError(
+                    f"inversion store {location} does not match the current parameters/models:\n  "
+                    + "\n  ".join(problems)
+                    + "\nRerun the `invert` stage (dvc repro invert) or pull the matching artifacts."
+                )
+        if require_complete:
+            missing = [s for s in range(geometry.num_shards) if not store.is_complete(s)]
+            if missing:
+                raise StoreIncompleteError(
+                    f"inversion store {location} is incomplete: shards {missing[:10]} of "
+                    f"{geometry.num_shards} not finished (rerun `invert` to resume)"
+                )
+        return store
+
+    # ------------------------------------------------------------------ shards
+    def is_complete(self, shard: int) -> bool:
+        return f"shard-{shard:05d}" in self.group["_complete"]
+
+    def shards_for_rank(self, rank: int, world_size: int) -> list[int]:
+        return list(range(rank, self.geometry.num_shards, world_size))
+
+    def write_shard(self, shard: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write all arrays of one whole shard, then mark it complete (the marker is written last)."""
+        start, stop = self.geometry.shard_range(shard)
+        for name in ARRAY_SPECS:
+            if name not in arrays:
+                raise KeyError(f"shard {shard}: array {name!r} missing")
+            block = np.asarray(arrays[name])
+            if block.shape[0] != stop - start:
+                raise ValueError(f"shard {shard}: {name} has {block.shape[0]} rows, expected {stop - start}")
+            self.group[name][start:stop] = block.astype(ARRAY_SPECS[name][0], copy=False)
+        self.group["_complete"].create_group(f"shard-{shard:05d}")
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.group.attrs)["settings"]
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [str(x) for x in self.group["image_ids"][:]]
+
+    def read(self, start: int, stop: int, names: tuple[str, ...] = tuple(ARRAY_SPECS)) -> dict[str, np.ndarray]:
+        """Contiguous block read (fast in every layout; prefer shard-aligned blocks)."""
+        return {name: self.group[name][start:stop] for name in names}
+
+    def iter_shard_blocks(self) -> Iterator[tuple[int, int]]:
+        for s in range(self.geometry.num_shards):
+            yield self.geometry.shard_range(s)
+
+    def write_manifest(self, extra: dict[str, Any] | None = None) -> None:
+        """Rank 0, after every shard is complete: record the finished state in the group attributes."""
+        missing = [s for s in range(self.geometry.num_shards) if not self.is_complete(s)]
+        if missing:
+            raise StoreIncompleteError(f"cannot write manifest of {self.location}: shards {missing} missing")
+        self.group.attrs["manifest"] = _jsonable({"num_shards": self.geometry.num_shards, **(extra or {})})
+
+
+def _ids_hash(image_ids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(image_ids).encode()).hexdigest()[:16]

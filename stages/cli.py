@@ -1,0 +1,94 @@
+"""The ``spade`` command line: one sub-command per DVC stage plus the user commands.
+
+Stage commands call the same ``run`` functions as ``python -m stages.<name>`` (which is what ``dvc.yaml``
+runs). Heavy imports happen inside the commands so that ``spade --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="SPADE pipeline: prepare -> models -> invert -> calibrate -> train -> evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+params_app = typer.Typer(help="Inspect and validate params.yaml.", no_args_is_help=True)
+app.add_typer(params_app, name="params")
+
+PARAMS_OPTION = typer.Option("params.yaml", "--params", "-p", help="Parameter file to read.")
+
+STAGES = ("prepare", "models", "invert", "calibrate", "train", "evaluate")
+
+
+def run_stage(name: str, params_file: str) -> None:
+    """Import ``stages.<name>`` and run it with its declared parameters from ``params_file``."""
+    from pipeline.params import ParamsError, stage_params
+
+    module = importlib.import_module(f"stages.{name}")
+    try:
+        params = stage_params(module.PARAMS, params_file)
+    except ParamsError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    module.run(params)
+
+
+def _make_stage_command(name: str) -> None:
+    def command(params: str = PARAMS_OPTION) -> None:
+        run_stage(name, params)
+
+    command.__doc__ = f"Run the `{name}` stage (same as `python -m stages.{name}`)."
+    app.command(name)(command)
+
+
+for _name in STAGES:
+    _make_stage_command(_name)
+
+
+@params_app.command("check")
+def params_check(file: Path = typer.Argument(Path("params.yaml"), help="Parameter file.")) -> None:
+    """Validate FILE against the schema; print every problem with its key."""
+    from pipeline.params import ParamsError, load_params
+
+    try:
+        load_params(file)
+    except ParamsError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{file}: ok")
+
+
+@params_app.command("defaults")
+def params_defaults() -> None:
+    """Print the default parameters as YAML."""
+    import yaml
+
+    from pipeline.params import default_params_dict
+
+    typer.echo(yaml.safe_dump(default_params_dict(), sort_keys=False))
+
+
+def run_stage_main(name: str) -> None:
+    """``python -m stages.<name> [--params FILE]``: the entry DVC calls."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
+    parser.add_argument("--params", "-p", default="params.yaml")
+    args = parser.parse_args()
+    try:
+        run_stage(name, args.params)
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+
+
+def main() -> None:
+    app(prog_name="spade")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

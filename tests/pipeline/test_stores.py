@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+
+from pipeline.stores import (
+    InversionStore,
+    StoreGeometry,
+    StoreIncompleteError,
+    StoreMismatchError,
+)
+
+GEOM = StoreGeometry(num_images=5, latent_shape=(4, 8, 8), num_tokens=6, attn_shape=(8, 8), shard_size=2)
+IDS = [f"img{i}" for i in range(5)]
+SETTINGS = {"method": "belm", "num_steps": 10, "teacher": "abc"}
+
+
+def _shard_arrays(store: InversionStore, shard: int, seed: int = 0) -> dict[str, np.ndarray]:
+    start, stop = store.geometry.shard_range(shard)
+    n = stop - start
+    rng = np.random.default_rng(seed + shard)
+    return {
+        "latents": rng.standard_normal((n, 2, 4, 8, 8)).astype(np.float32),
+        "attn": rng.random((n, 6, 8, 8)).astype(np.float16),
+        "tokens": rng.integers(0, 100, (n, 6)),
+        "roles": rng.integers(0, 4, (n, 6)),
+        "triplet_index": rng.integers(-1, 2, (n, 6)),
+        "lengths": rng.integers(2, 6, (n,)),
+        "recon_error": rng.random(n),
+    }
+
+
+def test_shard_geometry():
+    assert GEOM.num_shards == 3
+    assert GEOM.shard_range(2) == (4, 5)
+
+
+def test_write_read_and_completeness(tmp_path):
+    loc = tmp_path / "s.zarr"
+    store = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)
+    assert store.shards_for_rank(1, 2) == [1]
+    written = {}
+    for shard in (0, 2):
+        written[shard] = _shard_arrays(store, shard)
+        store.write_shard(shard, written[shard])
+    with pytest.raises(StoreIncompleteError, match=r"shards \[1\]"):
+        InversionStore.open(loc)
+    with pytest.raises(StoreIncompleteError):
+        store.write_manifest()
+    # reopen (resume): same settings -> the complete shards are still there
+    again = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)
+    assert [again.is_complete(s) for s in range(3)] == [True, False, True]
+    again.write_shard(1, _shard_arrays(again, 1))
+    again.write_manifest({"rank_count": 1})
+    done = InversionStore.open(loc, expected={"method": "belm"})
+    block = done.read(4, 5)
+    np.testing.assert_array_equal(block["latents"], written[2]["latents"])
+    np.testing.assert_array_equal(block["attn"], written[2]["attn"])
+    assert block["attn"].dtype == np.float16
+    assert done.image_ids == IDS
+    assert list(done.iter_shard_blocks()) == [(0, 2), (2, 4), (4, 5)]
+    # one shard file per array: a store is a few files
+    chunk_files = [p for p in (loc / "latents").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert len(chunk_files) == 3
+
+
+def test_refuses_to_mix_settings(tmp_path):
+    loc = tmp_path / "s.zarr"
+    InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS).write_shard(0, _shard_arrays_for(loc))
+    with pytest.raises(StoreMismatchError, match="method: store has 'belm', current is 'ddim'"):
+        InversionStore.create_or_open(loc, GEOM, IDS, {**SETTINGS, "method": "ddim"})
+    with pytest.raises(StoreMismatchError, match="image_ids_hash"):
+        InversionStore.create_or_open(loc, GEOM, [*IDS[:4], "other"], SETTINGS)
+    with pytest.raises(StoreMismatchError, match="teacher"):
+        InversionStore.open(loc, expected={"teacher": "xyz"}, require_complete=False)
+    fresh = InversionStore.create_or_open(loc, GEOM, IDS, {**SETTINGS, "method": "ddim"}, replace_mismatched=True)
+    assert not fresh.is_complete(0)
+    assert fresh.settings["method"] == "ddim"
+
+
+def _shard_arrays_for(loc):
+    return _shard_arrays(InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS), 0)
+
+
+def test_bad_shard_input(tmp_path):
+    store = InversionStore.create_or_open(tmp_path / "s.zarr", GEOM, IDS, SETTINGS)
+    arrays = _shard_arrays(store, 0)
+    with pytest.raises(ValueError, match="rows"):
+        store.write_shard(0, {**arrays, "lengths": np.zeros(3)})
+    arrays.pop("attn")
+    with pytest.raises(KeyError, match="attn"):
+        store.write_shard(0, arrays)
+    assert not store.is_complete(0)
+    with pytest.raises(FileNotFoundError, match="run the `invert` stage"):
+        InversionStore.open(tmp_path / "nothing.zarr")
