@@ -76,8 +76,7 @@ def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str,
         clip_ckpt = build_tiny_clip(clip_dir, seed=model_params.seed)
         clip_arch = str(clip_dir / f"{TINY_CLIP_ARCH}.json")
         diffusion = {"path": "diffusion", "relative": True}
-        clip = {"arch": clip_arch.replace(str(out_dir) + "/", ""), "checkpoint": Path(clip_ckpt).name,
-                "relative": True}
+        clip = {"arch": clip_arch.replace(str(out_dir) + "/", ""), "checkpoint": Path(clip_ckpt).name, "relative": True}
     else:
         sd = Path(model_params.sd_path).expanduser().resolve()
         ckpt = Path(model_params.clip_checkpoint).expanduser().resolve()
@@ -90,8 +89,13 @@ def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str,
         clip = {"arch": model_params.clip_arch, "checkpoint": str(ckpt), "relative": False}
     diffusion["identity"] = model_identity(diff_dir)
     clip["identity"] = _file_identity(Path(clip_ckpt))
-    manifest = {"preset": preset, "seed": model_params.seed, "image_size": model_params.image_size,
-                "diffusion": diffusion, "clip": clip}
+    manifest = {
+        "preset": preset,
+        "seed": model_params.seed,
+        "image_size": model_params.image_size,
+        "diffusion": diffusion,
+        "clip": clip,
+    }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -103,9 +107,7 @@ def read_manifest(models_dir: Path = paths.MODELS) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_models(
-    models_dir: Path = paths.MODELS, device: str = "cpu", dtype: str = "float32"
-) -> LoadedModels:
+def load_models(models_dir: Path = paths.MODELS, device: str = "cpu", dtype: str = "float32") -> LoadedModels:
     """Load the diffusion models and CLIP named by the manifest in ``models_dir``."""
     manifest = read_manifest(models_dir)
     dev, dt = resolve_device(device), resolve_dtype(dtype)

@@ -23,6 +23,7 @@ existing store with other settings raises :class:`StoreMismatchError` instead of
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.storage import StoreLike
+
+log = logging.getLogger(__name__)
 
 ARRAY_SPECS: dict[str, tuple[str, str]] = {
     # name: (dtype, per-image shape key)
@@ -111,9 +114,10 @@ class InversionStore:
     ) -> InversionStore:
         """Open the store at ``location`` for writing, creating it if absent (rank 0 only).
 
-        An existing store must have identical ``settings``, geometry and image ids, otherwise
-        :class:`StoreMismatchError` lists the differences (or, with ``replace_mismatched``, the old store
-        is deleted and a new one created).
+        An existing store with identical ``settings``, geometry and image ids is reopened (resume: complete
+        shards are kept). Stores of other settings are never appended to: a *finished* one (manifest written,
+        so ``dvc repro`` has cached it) is replaced; an *unfinished* one raises :class:`StoreMismatchError`
+        listing the differences, unless ``replace_mismatched``.
         """
         if len(image_ids) != geometry.num_images:
             raise ValueError(f"{len(image_ids)} image ids for a store of {geometry.num_images} images")
@@ -128,13 +132,16 @@ class InversionStore:
             problems = _diff(existing, full)
             if not problems:
                 return cls(group, geometry, str(location))
-            if not replace_mismatched:
+            finished = "manifest" in dict(group.attrs)
+            if not (finished or replace_mismatched):
                 raise StoreMismatchError(
-                    f"inversion store {location} was written with other settings; refusing to mix them:\n  "
-                    + "\n  ".join(problems)
-                    + "\nDelete the store, or rerun with invert.on_mismatch=replace "
-                    "(a store committed by `dvc repro` is still in the DVC cache)."
+                    f"inversion store {location} holds an unfinished run with other settings; refusing to mix "
+                    "them:\n  " + "\n  ".join(problems) + "\nDelete the store, or rerun with "
+                    "invert.on_mismatch=replace to discard the unfinished shards."
                 )
+            log.warning(
+                "replacing %s store %s (%s)", "finished" if finished else "unfinished", location, "; ".join(problems)
+            )
         group = zarr.open_group(location, mode="w", **opts)
         g = geometry
         for name, (dtype, kind) in ARRAY_SPECS.items():

@@ -7,6 +7,7 @@ runs). Heavy imports happen inside the commands so that ``spade --help`` stays f
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -38,8 +39,34 @@ def run_stage(name: str, params_file: str) -> None:
     module.run(params)
 
 
+NPROC_OPTION = typer.Option(
+    None, "--nproc", envvar="SPADE_NPROC", help="Run under `torchrun --standalone` with N processes."
+)
+
+
+def launch_torchrun(name: str, params_file: str, nproc: int) -> int:
+    """Re-run ``python -m stages.<name>`` under ``torchrun --standalone --nproc_per_node nproc``."""
+    import subprocess
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        f"stages.{name}",
+        "--params",
+        params_file,
+    ]
+    env = {**os.environ, "SPADE_NPROC": ""}
+    return subprocess.call(cmd, env=env)
+
+
 def _make_stage_command(name: str) -> None:
-    def command(params: str = PARAMS_OPTION) -> None:
+    def command(params: str = PARAMS_OPTION, nproc: int | None = NPROC_OPTION) -> None:
+        if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+            raise typer.Exit(launch_torchrun(name, params, nproc))
         run_stage(name, params)
 
     command.__doc__ = f"Run the `{name}` stage (same as `python -m stages.{name}`)."

@@ -65,7 +65,7 @@ def test_write_read_and_completeness(tmp_path):
 def test_refuses_to_mix_settings(tmp_path):
     loc = tmp_path / "s.zarr"
     InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS).write_shard(0, _shard_arrays_for(loc))
-    with pytest.raises(StoreMismatchError, match="method: store has 'belm', current is 'ddim'"):
+    with pytest.raises(StoreMismatchError, match="(?s)unfinished run.*method: store has 'belm', current is 'ddim'"):
         InversionStore.create_or_open(loc, GEOM, IDS, {**SETTINGS, "method": "ddim"})
     with pytest.raises(StoreMismatchError, match="image_ids_hash"):
         InversionStore.create_or_open(loc, GEOM, [*IDS[:4], "other"], SETTINGS)
@@ -91,3 +91,16 @@ def test_bad_shard_input(tmp_path):
     assert not store.is_complete(0)
     with pytest.raises(FileNotFoundError, match="run the `invert` stage"):
         InversionStore.open(tmp_path / "nothing.zarr")
+
+
+def test_finished_store_with_other_settings_is_replaced(tmp_path):
+    loc = tmp_path / "s.zarr"
+    store = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)
+    for shard in range(GEOM.num_shards):
+        store.write_shard(shard, _shard_arrays(store, shard))
+    store.write_manifest()
+    same = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)
+    assert all(same.is_complete(s) for s in range(GEOM.num_shards))
+    other = InversionStore.create_or_open(loc, GEOM, IDS, {**SETTINGS, "num_steps": 20})
+    assert not any(other.is_complete(s) for s in range(GEOM.num_shards))
+    assert other.settings["num_steps"] == 20

@@ -26,7 +26,7 @@ def test_declared_params_match_stage_modules():
 
 def test_declared_params_exist_in_schema():
     p = Params()
-    for name, stage in DVC["stages"].items():
+    for stage in DVC["stages"].values():
         for key in stage["params"]:
             obj = p
             for part in key.split("."):
