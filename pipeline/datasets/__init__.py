@@ -1,0 +1,42 @@
+"""Datasets: the synthetic PSG-format generator, the PSG reader and validator, open-vocabulary splits and the
+Parquet index that ``prepare`` writes."""
+
+from pipeline.datasets.classes import ClassLists, load_class_lists
+from pipeline.datasets.index import INDEX_SCHEMA, IndexRecord, read_index, read_index_table, write_index
+from pipeline.datasets.panoptic import id2rgb, read_panoptic_png, rgb2id, write_panoptic_png
+from pipeline.datasets.psg import DatasetError, PSGFile, load_psg_json, validate_record
+from pipeline.datasets.splits import (
+    Split,
+    TrainingRelations,
+    load_split,
+    read_split_file,
+    training_relations,
+    usable_for_calibration,
+)
+from pipeline.datasets.synthetic import generate_dataset, generate_scene
+
+__all__ = [
+    "INDEX_SCHEMA",
+    "ClassLists",
+    "DatasetError",
+    "IndexRecord",
+    "PSGFile",
+    "Split",
+    "TrainingRelations",
+    "generate_dataset",
+    "generate_scene",
+    "id2rgb",
+    "load_class_lists",
+    "load_psg_json",
+    "load_split",
+    "read_index",
+    "read_index_table",
+    "read_panoptic_png",
+    "read_split_file",
+    "rgb2id",
+    "training_relations",
+    "usable_for_calibration",
+    "validate_record",
+    "write_index",
+    "write_panoptic_png",
+]

@@ -1,0 +1,69 @@
+"""Label spaces shipped with the package (``pipeline/data/<source>_classes.json``).
+
+Object ``category_id`` = index into ``thing_classes + stuff_classes``; predicate id = index into
+``predicate_classes`` (both 0-based, psg.json order). ``object_names`` are readable names for text prompts
+(PSG: ``sky-other-merged`` -> ``sky``; synthetic names are readable already).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+SOURCES = ("synthetic", "psg")
+
+
+def read_data_file(name: str) -> dict[str, Any]:
+    """Parse ``pipeline/data/<name>`` (a JSON file shipped with the package)."""
+    return json.loads(resources.files("pipeline").joinpath("data", name).read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class ClassLists:
+    """One dataset's label spaces (tuples, psg.json order)."""
+
+    thing_classes: tuple[str, ...]
+    stuff_classes: tuple[str, ...]
+    predicate_classes: tuple[str, ...]
+    stuff_names: tuple[str, ...]
+
+    @property
+    def object_classes(self) -> tuple[str, ...]:
+        return self.thing_classes + self.stuff_classes
+
+    @property
+    def object_names(self) -> tuple[str, ...]:
+        """Readable object names, aligned with :attr:`object_classes`."""
+        return self.thing_classes + self.stuff_names
+
+    @property
+    def num_things(self) -> int:
+        return len(self.thing_classes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "thing_classes": list(self.thing_classes),
+            "stuff_classes": list(self.stuff_classes),
+            "predicate_classes": list(self.predicate_classes),
+            "object_classes": list(self.object_classes),
+            "object_names": list(self.object_names),
+            "predicate_names": list(self.predicate_classes),
+        }
+
+
+@cache
+def load_class_lists(source: str) -> ClassLists:
+    """The shipped label spaces of ``source`` (``"synthetic"`` or ``"psg"``)."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    raw = read_data_file(f"{source}_classes.json")
+    stuff_names = raw.get("stuff_readable_names", raw["stuff_classes"])
+    return ClassLists(
+        thing_classes=tuple(raw["thing_classes"]),
+        stuff_classes=tuple(raw["stuff_classes"]),
+        predicate_classes=tuple(raw["predicate_classes"]),
+        stuff_names=tuple(stuff_names),
+    )
