@@ -11,7 +11,7 @@ def to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     """``image`` [H,W,3] uint8 -> [3,size,size] float32 in [0,1] (bilinear, antialiased resize)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be [H, W, 3] uint8, got {image.shape} {image.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float().div_(255.0)
     if x.shape[1:] != (size, size):
         x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     return x.clamp_(0.0, 1.0)

@@ -1,0 +1,114 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.stores import ARRAY_SPECS, InversionStore, StoreMismatchError
+from stages import invert as invert_stage
+
+from .conftest import run_stage_in, tiny_params_dict, write_params
+
+STORE = Path("artifacts/invert/teacher.zarr")
+
+
+def _arrays(ws: Path) -> dict[str, np.ndarray]:
+    store = InversionStore.open(ws / STORE)
+    return {**store.read(0, store.geometry.num_images), "image_ids": np.array(store.image_ids)}
+
+
+def test_invert_writes_complete_store_and_rerun_is_noop(tiny_workspace, monkeypatch):
+    raw = tiny_params_dict()
+    run_stage_in(tiny_workspace, "invert", raw, monkeypatch)
+    store = InversionStore.open(tiny_workspace / STORE, expected={"method": "belm", "num_steps": 4})
+    g = store.geometry
+    assert g.num_images == 12 and g.num_shards == 3
+    data = store.read(0, g.num_images)
+    assert data["latents"].shape == (12, 2, 4, 8, 8)
+    assert np.isfinite(data["latents"]).all()
+    # maps: probabilities over tokens, so every pixel's token distribution sums to 1 (fp16 storage)
+    sums = data["attn"].astype(np.float32).sum(axis=1)
+    np.testing.assert_allclose(sums, 1.0, atol=5e-3)
+    assert (data["lengths"] > 2).all()
+    assert set(np.unique(data["roles"])) <= {0, 1, 2, 3}
+    # BELM pair: exact reconstruction of the measured images (fp32 round-off)
+    measured = data["recon_error"][~np.isnan(data["recon_error"])]
+    assert len(measured) > 0 and measured.max() < 1e-3
+    metrics = (tiny_workspace / "artifacts/invert_metrics.json").read_text()
+    assert '"unet_calls_per_image": 4' in metrics
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a complete shard was recomputed")
+
+    monkeypatch.setattr(InversionStore, "write_shard", fail)
+    run_stage_in(tiny_workspace, "invert", raw, monkeypatch)  # nothing left to do
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tiny_workspace, tiny_base, tmp_path, monkeypatch):
+    raw = tiny_params_dict()
+    reference = tmp_path / "ref"
+    import shutil
+
+    shutil.copytree(tiny_base, reference)
+    run_stage_in(reference, "invert", raw)
+
+    real_write = InversionStore.write_shard
+    calls = {"n": 0}
+
+    def crash_after_first(self, shard, arrays):
+        if calls["n"] == 1:
+            raise KeyboardInterrupt("simulated crash")
+        calls["n"] += 1
+        real_write(self, shard, arrays)
+
+    monkeypatch.setattr(InversionStore, "write_shard", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage_in(tiny_workspace, "invert", raw, monkeypatch)
+    partial = InversionStore.open(tiny_workspace / STORE, require_complete=False)
+    assert [partial.is_complete(s) for s in range(3)] == [True, False, False]
+    monkeypatch.setattr(InversionStore, "write_shard", real_write)
+    run_stage_in(tiny_workspace, "invert", raw, monkeypatch)
+    got, want = _arrays(tiny_workspace), _arrays(reference)
+    for name in [*ARRAY_SPECS, "image_ids"]:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_unfinished_store_with_other_settings_is_refused(tiny_workspace, monkeypatch):
+    raw = tiny_params_dict()
+    monkeypatch.setattr(InversionStore, "write_manifest", lambda self, extra=None: None)
+    monkeypatch.setattr(invert_stage, "finish", lambda *a, **k: None)
+    run_stage_in(tiny_workspace, "invert", raw, monkeypatch)  # complete shards, but no manifest
+    other = tiny_params_dict(invert={"num_steps": 5})
+    with pytest.raises(StoreMismatchError, match="num_steps: store has 4, current is 5"):
+        run_stage_in(tiny_workspace, "invert", other, monkeypatch)
+
+
+def test_random_noise_ablation_uses_per_image_seeds(tiny_workspace, monkeypatch):
+    raw = tiny_params_dict(invert={"noise": "random"})
+    run_stage_in(tiny_workspace, "invert", raw, monkeypatch)
+    store = InversionStore.open(tiny_workspace / STORE, expected={"noise": "random"})
+    lat = store.read(0, 12)["latents"]
+    ids = store.image_ids
+    expected = invert_stage.random_noise(0, ids[5], lat.shape[2:]).numpy()
+    np.testing.assert_array_equal(lat[5, 0], expected)
+    assert np.isnan(store.read(0, 12)["recon_error"]).all()
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_store(tiny_workspace, tiny_base, tmp_path):
+    raw = tiny_params_dict()
+    import shutil
+
+    single = tmp_path / "single"
+    shutil.copytree(tiny_base, single)
+    run_stage_in(single, "invert", raw)
+    write_params(tiny_workspace, raw)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    cmd = [sys.executable, "-m", "stages.cli", "invert", "--nproc", "2"]
+    proc = subprocess.run(cmd, cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = _arrays(tiny_workspace), _arrays(single)
+    for name in ["latents", "attn", "tokens", "roles", "triplet_index", "lengths", "image_ids"]:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
