@@ -65,6 +65,20 @@ def _file_identity(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def tree_identity(root: Path) -> str:
+    """Content hash of every file under ``root`` (names and bytes), e.g. the calibrated student's folder."""
+    import hashlib
+
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(_file_identity(f).encode())
+    return h.hexdigest()[:16]
+
+
 def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str, Any]:
     """Build (tiny presets) or locate (sd) the models and return the manifest written to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)

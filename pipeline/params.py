@@ -38,7 +38,6 @@ class DataParams(_Section):
 # -------------------------------------------------------------------------------------------- model
 class RGTParams(_Section):
     num_blocks: int = Field(8, ge=1, le=64)
-    num_heads: int = Field(4, ge=1)
     use_lcnl: bool = True
     use_lcnnl: bool = True
     use_lcl: bool = True
@@ -133,6 +132,10 @@ class CalibrateParams(_Section):
     heldout_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     num_workers: int = Field(1, ge=0)
     seed: int = Field(0, ge=0)
+    adapter_hidden_dim: int = Field(64, ge=1, le=16384)
+    micro_batch: int | None = Field(None, ge=1)
+    read_block: int | None = Field(None, ge=1)
+    shuffle_window: int = Field(2, ge=1)
 
 
 # -------------------------------------------------------------------------------------------- train

@@ -1,0 +1,105 @@
+"""Frozen per-image features for the PSG model, and their Zarr cache.
+
+The calibrated student (UNet + LoRA + adapter conditioning) and CLIP are frozen during ``train``, so the UNet
+block features at t = 0 and the dense CLIP map of an image never change: :class:`FrozenFeatures` computes
+them and :class:`FeatureCache` stores them once (one chunk per image) in ``artifacts/feature_cache/<split>.zarr``
+for reuse across epochs. The cache records the identity of everything that determines the features (teacher,
+CLIP, calibrated weights, image list, size, blocks) and is rebuilt when any of it changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from pipeline.images import vae_range
+from pipeline.models import LoadedModels
+from pipeline.student import Student, student_condition
+from spade_core.diffusion.models import encode_images
+from spade_core.psg.features import UNetFeatureExtractor
+
+
+class FrozenFeatures:
+    """images [B,3,S,S] in [0,1] -> (UNet block features ``list[[B,C_l,h_l,w_l]]``, dense CLIP [B,E,h,w])."""
+
+    def __init__(self, models: LoadedModels, student: Student, block_indices: Sequence[int] | None):
+        self.models, self.student = models, student
+        self.extractor = UNetFeatureExtractor(student.unet, block_indices)
+        self.channels: list[int] = list(self.extractor.channels)
+        self.device = next(student.unet.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        images = images.to(self.device)
+        latents = encode_images(self.models.diffusion.vae, vae_range(images))
+        cond = student_condition(self.student, images)
+        feats = self.extractor(latents, 0, cond)
+        dense = self.student.captioner.dense_features(self.models.clip.preprocess(images))
+        return [f.float() for f in feats], dense.float()
+
+
+def cache_identity(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class FeatureCache:
+    """A Zarr group with arrays ``feat0..featK`` [N,C_l,h_l,w_l] (float16) and ``dense`` [N,E,h,w]."""
+
+    def __init__(self, location: Path, identity: str, num_images: int):
+        self.location, self.identity, self.num_images = Path(location), identity, num_images
+        self.group: zarr.Group | None = None
+        if self.location.exists():
+            group = zarr.open_group(self.location, mode="r+")
+            if dict(group.attrs).get("identity") == identity and dict(group.attrs).get("complete"):
+                self.group = group
+            else:
+                shutil.rmtree(self.location)
+
+    @property
+    def ready(self) -> bool:
+        return self.group is not None
+
+    def build(self, compute, batches: Sequence[Sequence[int]], load_images, progress=None) -> None:
+        """Fill the cache: ``compute(images) -> (feats, dense)``, ``load_images(indices) -> [B,3,S,S]``."""
+        tmp = self.location.with_name(self.location.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        group = zarr.open_group(tmp, mode="w")
+        arrays: list[zarr.Array] = []
+        for idx in batches:
+            feats, dense = compute(load_images(idx))
+            outs = [*feats, dense]
+            if not arrays:
+                names = [f"feat{i}" for i in range(len(feats))] + ["dense"]
+                arrays = [
+                    group.create_array(
+                        n, shape=(self.num_images, *o.shape[1:]), chunks=(1, *o.shape[1:]), dtype="float16"
+                    )
+                    for n, o in zip(names, outs)
+                ]
+            for arr, o in zip(arrays, outs):
+                arr[idx[0] : idx[-1] + 1] = o.cpu().numpy().astype(np.float16)
+            if progress is not None:
+                progress.update(len(idx))
+        group.attrs.update({"identity": self.identity, "complete": True, "num_feats": len(arrays) - 1})
+        shutil.rmtree(self.location, ignore_errors=True)
+        tmp.rename(self.location)
+        self.group = zarr.open_group(self.location, mode="r")
+
+    def read(self, indices: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        assert self.group is not None
+        n = int(self.group.attrs["num_feats"])
+        idx = np.asarray(indices)
+        feats = [
+            torch.from_numpy(self.group[f"feat{i}"].get_orthogonal_selection((idx,)).astype(np.float32))
+            for i in range(n)
+        ]
+        dense = torch.from_numpy(self.group["dense"].get_orthogonal_selection((idx,)).astype(np.float32))
+        return feats, dense

@@ -1,0 +1,93 @@
+"""Stage ``evaluate``: PSG SGDET metrics of the trained model on the test split.
+
+Runs the model on every test image (batched) with the text embeddings of the *full* vocabulary, then
+evaluates with the exact PSG protocol (``spade_core.eval``): closed set, OvR / OvD+R (when the split has
+novel classes) and the spatial analysis (DR / NDR), plus a chance baseline (random triplets over the
+predicted masks). Writes ``artifacts/evaluate/{triplets.parquet,metrics.parquet,chance.json,
+per_predicate_recall.png,visualisations/}``, ``artifacts/metrics.json`` (DVC metrics) and
+``artifacts/per_predicate_recall.csv`` (DVC plots).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from tqdm import tqdm
+
+from pipeline import paths
+from pipeline.datasets.index import read_index
+from pipeline.evaluation import chance_baseline, compute_metrics, load_spatial_predicates, write_outputs
+from pipeline.images import to_tensor
+from pipeline.models import load_models, resolve_device
+from pipeline.params import ScopedParams
+from pipeline.psg_data import ground_truth, load_split, read_classes
+from pipeline.psg_model import load_trained
+from pipeline.tables import TRIPLETS_SCHEMA, concat_columns, triplet_rows, write_table
+from pipeline.visualise import render_comparison, save_png
+
+PARAMS = ("data.source", "data.split", "model.device", "model.dtype", "evaluate")
+
+
+def run(p: ScopedParams) -> None:
+    ev = p.evaluate
+    device = resolve_device(p.model.device)
+    models = load_models(paths.MODELS, device=str(device), dtype=p.model.dtype)
+    trained = load_trained(models)
+    classes = read_classes()
+    split = load_split()
+    object_names, predicate_names = classes["object_names"], classes["predicate_names"]
+    obj_text, pred_text = trained.vocabulary_embeddings(object_names, predicate_names)
+    records = read_index(paths.index_path("test"))
+    size = trained.config["image_size"]
+
+    preds: list[dict] = []
+    for b in tqdm(range(0, len(records), ev.batch_size), desc="evaluate", unit="batch"):
+        batch = records[b : b + ev.batch_size]
+        images = torch.stack([to_tensor(r.load_image(), size) for r in batch])
+        preds += trained.predict(images, [(r.height, r.width) for r in batch], obj_text, pred_text, ev.max_triplets)
+    gts = [ground_truth(r) for r in records]
+    pred_images = [{"masks": q["masks"], "labels": q["labels"], "triplets": q["triplets"]} for q in preds]
+    common = {
+        "num_predicates": len(predicate_names),
+        "predicate_names": predicate_names,
+        "novel_predicates": sorted(split.novel_predicates),
+        "novel_objects": sorted(split.novel_objects),
+        "spatial_predicates": load_spatial_predicates(p.data.source, predicate_names),
+        "image_widths": [r.width for r in records],
+        "ks": tuple(ev.ks),
+        "iou_thr": ev.iou_thr,
+        "skip_empty_predictions": ev.skip_empty_predictions,
+    }
+    rows, summary = compute_metrics(gts, pred_images, **common)
+    chance = chance_baseline(gts, pred_images, rng_seed=0, max_triplets=ev.max_triplets, **common)
+
+    tmp = paths.EVALUATE.with_name(paths.EVALUATE.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "visualisations").mkdir(parents=True)
+    columns = concat_columns(
+        [
+            triplet_rows(r.image_id, q["masks"], q["labels"], q["triplets"], object_names, predicate_names)
+            for r, q in zip(records, preds)
+        ],
+        TRIPLETS_SCHEMA,
+    )
+    write_table(columns, TRIPLETS_SCHEMA, tmp / "triplets.parquet")
+    for r, q, g in list(zip(records, preds, gts))[: ev.num_visualisations]:
+        picture = render_comparison(r.load_image(), g, q, object_names, predicate_names, title=r.image_id)
+        save_png(picture, tmp / "visualisations" / f"{r.image_id}.png")
+    write_outputs(tmp, rows, summary, None, paths.EVALUATE_METRICS, paths.EVALUATE_PLOTS, chance=chance)
+    shutil.rmtree(paths.EVALUATE, ignore_errors=True)
+    tmp.rename(paths.EVALUATE)
+    closed = summary["closed"]
+    print(
+        "evaluate: "
+        + ", ".join(f"{k}={v:.3f}" for k, v in closed.items() if "@" in k)
+        + f" | chance R@50={chance['closed'].get('R@50', float('nan')):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    from stages.cli import run_stage_main
+
+    run_stage_main("evaluate")
