@@ -100,6 +100,56 @@ def params_defaults() -> None:
     typer.echo(yaml.safe_dump(default_params_dict(), sort_keys=False))
 
 
+@app.command("predict")
+def predict_command(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG/JPEG)."),
+    objects: Path | None = typer.Option(None, help="Object vocabulary: a text file, one class name per line."),
+    predicates: Path | None = typer.Option(None, help="Predicate vocabulary: one name per line."),
+    out: Path = typer.Option(Path("predictions"), help="Output folder (PNG + JSON per image)."),
+    top_k: int = typer.Option(5, help="Triplets drawn on each PNG."),
+    max_triplets: int = typer.Option(100, help="Triplets kept in each JSON scene graph."),
+) -> None:
+    """Scene graphs for any images with the trained model (optionally with your own vocabulary)."""
+    from stages.predict import predict_files
+
+    try:
+        written = predict_files(images, out, objects, predicates, top_k, max_triplets)
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {len(written)} scene graphs to {out}/")
+
+
+@app.command("report")
+def report_command(
+    out: Path | None = typer.Option(None, help="Also write the Markdown to this file."),
+    experiments: bool = typer.Option(True, help="Add an ablation table from `dvc exp show`."),
+) -> None:
+    """Markdown tables shaped like the paper's Tables 1 and 4 (and an ablation table over DVC experiments)."""
+    from stages.report import run_report
+
+    try:
+        typer.echo(run_report(out=out, with_experiments=experiments))
+    except FileNotFoundError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("inspect-maps")
+def inspect_maps_command(
+    image_id: str = typer.Argument(..., help="A calibration image id (see data/prepared/index/train.parquet)."),
+    out: Path | None = typer.Option(None, help="PNG to write (default artifacts/invert/maps-<id>.png)."),
+) -> None:
+    """Render an image with its stored teacher maps per triplet role (subject / predicate / object)."""
+    from stages.inspect_maps import inspect_maps
+
+    try:
+        typer.echo(str(inspect_maps(image_id, out)))
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 def run_stage_main(name: str) -> None:
     """``python -m stages.<name> [--params FILE]``: the entry DVC calls."""
     import argparse

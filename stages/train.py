@@ -203,7 +203,7 @@ def run(p: ScopedParams) -> None:
                 losses = model.loss(out, [targets[i] for i in idx])
                 (losses["loss"] * len(idx) / len(batch)).backward()
                 for k in parts:
-                    parts[k] += float(losses[k]) * len(idx) / len(batch)
+                    parts[k] += losses[k].detach().item() * len(idx) / len(batch)
             allreduce_grads(model, ctx)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()

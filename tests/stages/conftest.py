@@ -68,3 +68,21 @@ def tiny_workspace(tiny_base: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "ws"
     shutil.copytree(tiny_base, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_base: Path, tmp_path_factory) -> Path:
+    """invert + calibrate + train on the tiny workspace, once per session (copy before writing)."""
+    root = tmp_path_factory.mktemp("tiny_trained") / "ws"
+    shutil.copytree(tiny_base, root)
+    raw = tiny_params_dict()
+    for stage in ("invert", "calibrate", "train"):
+        run_stage_in(root, stage, raw)
+    return root
+
+
+@pytest.fixture
+def trained_workspace(tiny_trained: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "trained"
+    shutil.copytree(tiny_trained, dest)
+    return dest

@@ -1,0 +1,100 @@
+"""``spade predict IMAGE... [--objects FILE] [--predicates FILE]``: scene graphs for any image files.
+
+The classifier is open-vocabulary: with ``--objects`` / ``--predicates`` (text files, one name per line) the
+names are embedded with the CLIP text encoder and the model classifies against them instead of the dataset's
+vocabulary. Writes, per image, ``<out>/<stem>.png`` (masks + top triplets) and ``<out>/<stem>.json`` (the scene
+graph: objects with class, score and box; triplets ranked by score).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import paths
+from pipeline.datasets.panoptic import read_image
+from pipeline.images import to_tensor
+from pipeline.models import load_models
+from pipeline.psg_data import read_classes
+from pipeline.psg_model import load_trained
+from pipeline.tables import boxes_from_masks
+from pipeline.visualise import render_scene_graph, save_png
+
+
+def read_vocabulary(path: Path | None, default: list[str], what: str) -> list[str]:
+    if path is None:
+        return list(default)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} vocabulary {path}: file not found")
+    names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{what} vocabulary {path} is empty: give one class name per line")
+    return names
+
+
+def scene_graph(pred: dict, object_names: list[str], predicate_names: list[str]) -> dict:
+    boxes = boxes_from_masks(pred["masks"])
+    return {
+        "objects": [
+            {"index": i, "class": object_names[int(c)], "score": round(float(s), 4), "box_xyxy": boxes[i].tolist()}
+            for i, (c, s) in enumerate(zip(pred["labels"], pred["scores"]))
+        ],
+        "triplets": [
+            {
+                "rank": r,
+                "subject": int(s),
+                "predicate": predicate_names[int(p)],
+                "object": int(o),
+                "text": f"{object_names[int(pred['labels'][int(s)])]} {predicate_names[int(p)]} "
+                f"{object_names[int(pred['labels'][int(o)])]}",
+                "score": round(float(sc), 5),
+            }
+            for r, (s, o, p, sc) in enumerate(pred["triplets"])
+        ],
+    }
+
+
+def predict_files(
+    images: list[Path],
+    out_dir: Path,
+    objects: Path | None = None,
+    predicates: Path | None = None,
+    top_k: int = 5,
+    max_triplets: int = 100,
+    device: str = "cpu",
+) -> list[Path]:
+    arrays = []
+    for path in images:
+        try:
+            arrays.append(read_image(path))
+        except Exception as err:  # PIL raises several types for unreadable files
+            raise ValueError(f"{path}: cannot read image ({err})") from None
+    classes = read_classes()
+    object_names = read_vocabulary(objects, classes["object_names"], "object")
+    predicate_names = read_vocabulary(predicates, classes["predicate_names"], "predicate")
+    trained = load_trained(load_models(paths.MODELS, device=device))
+    obj_text, pred_text = trained.vocabulary_embeddings(object_names, predicate_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    size = trained.config["image_size"]
+    for path, image in zip(images, arrays):
+        batch = to_tensor(image, size)[None]
+        pred = trained.predict(batch, [image.shape[:2]], obj_text, pred_text, max_triplets)[0]
+        graph = scene_graph(pred, object_names, predicate_names)
+        stem = out_dir / Path(path).stem
+        (stem.with_suffix(".json")).write_text(json.dumps(graph, indent=2) + "\n")
+        picture = render_scene_graph(
+            image,
+            pred["masks"],
+            pred["labels"],
+            pred["triplets"],
+            object_names,
+            predicate_names,
+            top_k=top_k,
+            title=Path(path).name,
+        )
+        save_png(np.asarray(picture), stem.with_suffix(".png"))
+        written.append(stem.with_suffix(".json"))
+    return written

@@ -1,0 +1,82 @@
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline import features as features_module
+from pipeline.datasets.index import read_index
+from pipeline.datasets.splits import load_split
+from pipeline.psg_data import training_target, vocabularies
+
+from .conftest import run_stage_in, tiny_params_dict
+
+
+def test_train_outputs_and_curve(tiny_trained):
+    ws = tiny_trained
+    config = json.loads((ws / "artifacts/train/config.json").read_text())
+    assert config["model"]["hidden_dim"] == 32 and config["model"]["num_queries"] == 8
+    assert config["test_vocabulary"]["object_names"][:2] == ["red ball", "blue box"]
+    state = load_file(str(ws / "artifacts/train/model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())
+    rows = list(csv.DictReader((ws / "artifacts/train_curve.csv").read_text().splitlines()))
+    assert len(rows) == 2 * 3  # 2 epochs x ceil(12 / 4) steps
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert {"loss_rel", "loss_rqc", "loss_mask"} <= set(rows[0])
+    assert (ws / "artifacts/feature_cache/train.zarr").is_dir()
+
+
+def test_resume_after_crash_gives_identical_weights(tiny_trained, tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_trained, ws)
+    shutil.rmtree(ws / "artifacts/train_checkpoints")
+    shutil.rmtree(ws / "artifacts/train")
+    raw = tiny_params_dict()
+    monkeypatch.setenv("SPADE_STOP_AFTER_EPOCH", "0")
+    with pytest.raises(KeyboardInterrupt):
+        run_stage_in(ws, "train", raw, monkeypatch)
+    assert not (ws / "artifacts/train").exists()
+    monkeypatch.delenv("SPADE_STOP_AFTER_EPOCH")
+
+    def no_recompute(*args, **kwargs):
+        raise AssertionError("the feature cache should have been reused")
+
+    monkeypatch.setattr(features_module.FeatureCache, "build", no_recompute)
+    run_stage_in(ws, "train", raw, monkeypatch)
+    got = load_file(str(ws / "artifacts/train/model.safetensors"))
+    want = load_file(str(tiny_trained / "artifacts/train/model.safetensors"))
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+
+
+def test_open_vocabulary_targets_drop_novel_classes(tiny_base):
+    records = read_index(tiny_base / "data/prepared/index/train.parquet")
+    classes = json.loads((tiny_base / "data/prepared/classes.json").read_text())
+    split = load_split("synthetic", "ovdr")
+    base, full = vocabularies(classes, split)
+    assert len(full.object_ids) == 16 and len(base.object_ids) == 16 - len(split.novel_objects)
+    assert not set(base.predicate_ids) & split.novel_predicates
+    for record in records:
+        target = training_target(record, split, base)
+        novel = [c in split.novel_objects for c in record.category_ids]
+        assert len(target["labels"]) == novel.count(False)
+        globals_ = [base.object_ids[i] for i in target["labels"].tolist()]
+        assert not set(globals_) & split.novel_objects
+        kept_preds = {base.predicate_ids[p] for p in target["relations"][:, 2].tolist()}
+        assert not kept_preds & split.novel_predicates
+        assert target["masks"].shape[0] == len(target["labels"])
+        if len(target["relations"]):
+            assert target["relations"][:, :2].max() < len(target["labels"])
+
+
+def test_train_refuses_missing_calibration(tiny_base, tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_base, ws)
+    with pytest.raises(FileNotFoundError, match="run the `calibrate` stage first"):
+        run_stage_in(ws, "train", tiny_params_dict(), monkeypatch)
+    assert not Path(ws / "artifacts/train").exists()
