@@ -136,6 +136,7 @@ class CalibrateParams(_Section):
     micro_batch: int | None = Field(None, ge=1)
     read_block: int | None = Field(None, ge=1)
     shuffle_window: int = Field(2, ge=1)
+    cache_latents: bool = True
 
 
 # -------------------------------------------------------------------------------------------- train
