@@ -68,3 +68,27 @@ def split_global_batch(global_batch: int, world_size: int, max_micro_batch: int 
     while per_rank % micro:
         micro -= 1
     return micro, per_rank // micro
+
+
+def allreduce_grads(params: list[torch.nn.Parameter], ctx: DistContext, bucket: int = 1 << 24) -> None:
+    """Sum the gradients of ``params`` over ranks, in flat buckets (the loss is already scaled to the global
+    batch, so the sum is the global-batch gradient). A parameter without a gradient on this rank contributes
+    zeros, so every rank reduces the same buckets."""
+    if not ctx.enabled:
+        return
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    start = 0
+    while start < len(grads):
+        group, n = [], 0
+        while start < len(grads) and (not group or n + grads[start].numel() <= bucket):
+            group.append(grads[start])
+            n += grads[start].numel()
+            start += 1
+        flat = torch.cat([g.reshape(-1) for g in group])
+        torch_dist.all_reduce(flat)
+        for g, v in zip(group, flat.split([g.numel() for g in group])):
+            g.copy_(v.view_as(g))

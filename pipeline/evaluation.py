@@ -80,9 +80,15 @@ def metric_rows(summary: dict[str, Any], setting_prefix: str = "") -> list[dict[
         for metric in ("R", "mR"):
             for key, value in values.items():
                 if key.startswith(f"{metric}@"):
-                    rows.append({"setting": setting_prefix + setting, "metric": metric,
-                                 "k": int(key.split("@")[1]), "value": float(value),
-                                 "num_images": int(values["num_images"])})
+                    rows.append(
+                        {
+                            "setting": setting_prefix + setting,
+                            "metric": metric,
+                            "k": int(key.split("@")[1]),
+                            "value": float(value),
+                            "num_images": int(values["num_images"]),
+                        }
+                    )
     return rows
 
 
@@ -122,18 +128,22 @@ def compute_metrics(
     if image_widths is not None and len(image_widths) != len(gt_images):
         raise ValueError(f"image_widths has {len(image_widths)} entries but gt_images has {len(gt_images)}")
     ks = [int(k) for k in ks]
-    common = {"num_predicates": num_predicates, "ks": ks, "iou_thr": iou_thr,
-              "skip_empty_predictions": skip_empty_predictions}
+    common = {
+        "num_predicates": num_predicates,
+        "ks": ks,
+        "iou_thr": iou_thr,
+        "skip_empty_predictions": skip_empty_predictions,
+    }
     results: dict[str, dict[str, Any]] = {"closed": evaluate(gt_images, pred_images, **common)}
     relations = [_relations(gt) for gt in gt_images]
 
     def novel(objects: Sequence[int]) -> list[np.ndarray]:
-        return [novel_triplet_mask(r, gt["labels"], novel_predicates, objects)
-                for r, gt in zip(relations, gt_images)]
+        return [novel_triplet_mask(r, gt["labels"], novel_predicates, objects) for r, gt in zip(relations, gt_images)]
 
     if len(novel_predicates):
-        results["ovr"] = evaluate(restrict_gt(gt_images, novel(())), pred_images, **common,
-                                  predicate_subset=sorted(set(novel_predicates)))
+        results["ovr"] = evaluate(
+            restrict_gt(gt_images, novel(())), pred_images, **common, predicate_subset=sorted(set(novel_predicates))
+        )
     if len(novel_objects):
         results["ovdr"] = evaluate(restrict_gt(gt_images, novel(novel_objects)), pred_images, **common)
     if len(spatial_predicates):
@@ -145,25 +155,24 @@ def compute_metrics(
             dr.append(d)
             ndr.append(n)
         subset = sorted(set(spatial_predicates))
-        results["spatial_dr"] = evaluate(restrict_gt(gt_images, dr), pred_images, **common,
-                                         predicate_subset=subset)
-        results["spatial_ndr"] = evaluate(restrict_gt(gt_images, ndr), pred_images, **common,
-                                          predicate_subset=subset)
+        results["spatial_dr"] = evaluate(restrict_gt(gt_images, dr), pred_images, **common, predicate_subset=subset)
+        results["spatial_ndr"] = evaluate(restrict_gt(gt_images, ndr), pred_images, **common, predicate_subset=subset)
 
     summary: dict[str, Any] = {name: _setting_summary(r, ks) for name, r in results.items()}
     closed = results["closed"]
     summary["per_predicate"] = [
-        {"predicate": c, "name": str(predicate_names[c]),
-         **{f"recall@{k}": float(closed[f"per_predicate@{k}"][c]) for k in ks},
-         "num_images": int(closed["predicate_counts"][c])}
+        {
+            "predicate": c,
+            "name": str(predicate_names[c]),
+            **{f"recall@{k}": float(closed[f"per_predicate@{k}"][c]) for k in ks},
+            "num_images": int(closed["predicate_counts"][c]),
+        }
         for c in range(num_predicates)
     ]
     return metric_rows(summary), summary
 
 
-def random_triplets(
-    num_masks: int, num_rows: int, num_predicates: int, rng: np.random.Generator
-) -> np.ndarray:
+def random_triplets(num_masks: int, num_rows: int, num_predicates: int, rng: np.random.Generator) -> np.ndarray:
     """Random distinct ``(s, o, p, score)`` rows ``[n, 4]``: ``s != o``, uniform predicates, sorted scores.
 
     ``n = min(num_rows, num_masks * (num_masks - 1) * num_predicates)`` (0 with fewer than two masks).
@@ -209,8 +218,9 @@ def chance_baseline(
             continue
         rows = min(len(pred["triplets"]), max_triplets)
         chance.append({**pred, "triplets": random_triplets(len(pred["labels"]), rows, num_predicates, rng)})
-    return compute_metrics(gt_images, chance, num_predicates=num_predicates, predicate_names=predicate_names,
-                           **settings)[1]
+    return compute_metrics(
+        gt_images, chance, num_predicates=num_predicates, predicate_names=predicate_names, **settings
+    )[1]
 
 
 def _clean(value: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import zarr
 
 from pipeline.images import vae_range
@@ -28,12 +29,24 @@ from spade_core.psg.features import UNetFeatureExtractor
 
 
 class FrozenFeatures:
-    """images [B,3,S,S] in [0,1] -> (UNet block features ``list[[B,C_l,h_l,w_l]]``, dense CLIP [B,E,h,w])."""
+    """images [B,3,S,S] in [0,1] -> (UNet block features ``list[[B,C_l,h_l,w_l]]``, dense CLIP [B,E,h,w]).
 
-    def __init__(self, models: LoadedModels, student: Student, block_indices: Sequence[int] | None):
+    With ``pixel_stride`` the image itself, area-downsampled to stride ``pixel_stride`` and scaled to [-1, 1],
+    is appended as a last 3-channel map: the pyramid's high-resolution input (the role of Mask2Former's
+    stride-4 backbone level), since the finest UNet map is at the latent stride (8). Ours, not the paper's.
+    """
+
+    def __init__(
+        self,
+        models: LoadedModels,
+        student: Student,
+        block_indices: Sequence[int] | None,
+        pixel_stride: int | None = None,
+    ):
         self.models, self.student = models, student
         self.extractor = UNetFeatureExtractor(student.unet, block_indices)
-        self.channels: list[int] = list(self.extractor.channels)
+        self.pixel_stride = pixel_stride
+        self.channels: list[int] = list(self.extractor.channels) + ([3] if pixel_stride else [])
         self.device = next(student.unet.parameters()).device
 
     @torch.no_grad()
@@ -41,9 +54,12 @@ class FrozenFeatures:
         images = images.to(self.device)
         latents = encode_images(self.models.diffusion.vae, vae_range(images))
         cond = student_condition(self.student, images)
-        feats = self.extractor(latents, 0, cond)
+        feats = [f.float() for f in self.extractor(latents, 0, cond)]
+        if self.pixel_stride:
+            size = (images.shape[-2] // self.pixel_stride, images.shape[-1] // self.pixel_stride)
+            feats.append(vae_range(F.interpolate(images.float(), size=size, mode="area")))
         dense = self.student.captioner.dense_features(self.models.clip.preprocess(images))
-        return [f.float() for f in feats], dense.float()
+        return feats, dense.float()
 
 
 def cache_identity(**parts: Any) -> str:

@@ -63,6 +63,7 @@ class ModelParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     image_size: int = Field(128, ge=32, le=2048)
     feature_blocks: list[int] | None = None
+    pixel_stride: int | None = Field(4, ge=1, le=64)
     hidden_dim: int = Field(64, ge=8, le=2048)
     num_queries: int = Field(16, ge=1, le=1000)
     num_heads: int = Field(4, ge=1)

@@ -37,8 +37,9 @@ class TrainedPSG:
         return obj, pred
 
     @torch.no_grad()
-    def predict(self, images01: torch.Tensor, image_sizes: Sequence[tuple[int, int]], obj_text, pred_text,
-                max_triplets: int) -> list[dict[str, np.ndarray]]:
+    def predict(
+        self, images01: torch.Tensor, image_sizes: Sequence[tuple[int, int]], obj_text, pred_text, max_triplets: int
+    ) -> list[dict[str, np.ndarray]]:
         """images [B,3,S,S] in [0,1] -> per image masks bool [N,H,W] (at ``image_sizes``), labels, scores,
         triplets [T,4] (subject, object, predicate, score) ranked by score."""
         feats, dense = self.features(images01)
@@ -47,18 +48,21 @@ class TrainedPSG:
         return [{k: v.cpu().numpy() for k, v in p.items()} for p in preds]
 
 
-def load_trained(models: LoadedModels, train_dir: Path = paths.TRAIN,
-                 calibrate_dir: Path = paths.CALIBRATE) -> TrainedPSG:
+def load_trained(
+    models: LoadedModels, train_dir: Path = paths.TRAIN, calibrate_dir: Path = paths.CALIBRATE
+) -> TrainedPSG:
     config_path = Path(train_dir) / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: run the `train` stage first (dvc repro train)")
     config = json.loads(config_path.read_text())
     for key, current in (("teacher", models.teacher_identity), ("clip", models.clip_identity)):
         if config["identity"][key] != current:
-            raise ValueError(f"{train_dir}: trained with {key} {config['identity'][key]}, but the loaded {key} is "
-                             f"{current}; rerun `train`")
+            raise ValueError(
+                f"{train_dir}: trained with {key} {config['identity'][key]}, but the loaded {key} is "
+                f"{current}; rerun `train`"
+            )
     student = load_student(models, calibrate_dir)
-    features = FrozenFeatures(models, student, config["feature_blocks"])
+    features = FrozenFeatures(models, student, config["feature_blocks"], config.get("pixel_stride"))
     model = SpadePSG(**config["model"])
     device = next(student.unet.parameters()).device
     model.load_state_dict(load_file(str(Path(train_dir) / "model.safetensors")))

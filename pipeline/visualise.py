@@ -15,10 +15,28 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 PALETTE = np.array(
-    [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-     (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-     (0, 0, 128), (128, 128, 128)],
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (255, 250, 200),
+        (128, 0, 0),
+        (170, 255, 195),
+        (128, 128, 0),
+        (255, 215, 180),
+        (0, 0, 128),
+        (128, 128, 128),
+    ],
     dtype=np.float64,
 )
 HIT, TEXT, BACKGROUND = (0, 140, 0), (20, 20, 20), (255, 255, 255)
@@ -80,8 +98,10 @@ def render_scene_graph(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
     if masks.ndim != 3 or masks.shape[1:] != image.shape[:2] or len(labels) != len(masks):
-        raise ValueError(f"masks must be bool [N, {image.shape[0]}, {image.shape[1]}] with N labels, "
-                         f"got masks {masks.shape} and {len(labels)} labels")
+        raise ValueError(
+            f"masks must be bool [N, {image.shape[0]}, {image.shape[1]}] with N labels, "
+            f"got masks {masks.shape} and {len(labels)} labels"
+        )
     triplets = triplets.reshape(-1, triplets.shape[-1] if triplets.size else 3)[:top_k]
     scale = max(1, -(-min_size // max(1, min(image.shape[:2]))))
     blended = image.astype(np.float64)
@@ -98,8 +118,7 @@ def render_scene_graph(
             half_w, half_h = font.getlength(name) / 2 + 2, font.size / 2 + 2
             x = min(max(point[0] * scale + scale / 2, half_w), max(half_w, canvas.shape[1] - half_w))
             y = min(max(point[1] * scale + scale / 2, half_h), max(half_h, canvas.shape[0] - half_h))
-            draw.text((x, y), name, font=font, fill=(255, 255, 255), anchor="mm", stroke_width=2,
-                      stroke_fill=(0, 0, 0))
+            draw.text((x, y), name, font=font, fill=(255, 255, 255), anchor="mm", stroke_width=2, stroke_fill=(0, 0, 0))
 
     lines: list[tuple[str, tuple[int, int, int]]] = [(title, TEXT)] if title else []
     for r, row in enumerate(triplets):
@@ -157,8 +176,16 @@ def render_comparison(
     prefix = f"{title}: " if title else ""
     panels = []
     if pred is None or len(pred["triplets"]) == 0:
-        pred_panel = render_scene_graph(image, np.zeros((0, *gt_masks.shape[1:]), bool), [], np.zeros((0, 4)),
-                                        object_names, predicate_names, top_k, f"{prefix}prediction (none)")
+        pred_panel = render_scene_graph(
+            image,
+            np.zeros((0, *gt_masks.shape[1:]), bool),
+            [],
+            np.zeros((0, 4)),
+            object_names,
+            predicate_names,
+            top_k,
+            f"{prefix}prediction (none)",
+        )
     else:
         masks = _numpy(pred["masks"]).astype(bool)
         labels = _numpy(pred["labels"]).reshape(-1).astype(np.int64)
@@ -166,14 +193,29 @@ def render_comparison(
         pred_hits = []
         for r in range(len(rows)):
             row = rows[r : r + 1, :3].astype(np.int64)
-            first = (match_image(gt_masks, gt_labels, gt_rel, masks, labels, row, iou_thr)
-                     if len(gt_rel) else np.zeros(0, np.int64))
+            first = (
+                match_image(gt_masks, gt_labels, gt_rel, masks, labels, row, iou_thr)
+                if len(gt_rel)
+                else np.zeros(0, np.int64)
+            )
             pred_hits.append(bool((first >= 0).any()))
             gt_hits |= first >= 0
-        pred_panel = render_scene_graph(image, masks, labels, rows, object_names, predicate_names, top_k,
-                                        f"{prefix}prediction", hits=pred_hits)
-    panels.append(render_scene_graph(image, gt_masks, gt_labels, gt_rel, object_names, predicate_names,
-                                     top_k, f"{prefix}ground truth", hits=gt_hits[:top_k]))
+        pred_panel = render_scene_graph(
+            image, masks, labels, rows, object_names, predicate_names, top_k, f"{prefix}prediction", hits=pred_hits
+        )
+    panels.append(
+        render_scene_graph(
+            image,
+            gt_masks,
+            gt_labels,
+            gt_rel,
+            object_names,
+            predicate_names,
+            top_k,
+            f"{prefix}ground truth",
+            hits=gt_hits[:top_k],
+        )
+    )
     panels.append(pred_panel)
     return _hstack(panels)
 
@@ -202,8 +244,13 @@ def plot_per_predicate_recall(per_predicate: Sequence[dict[str, Any]], k: int, p
     ax.set_xlabel(f"R@{k} (%)")
     ax.set_title(f"Per-predicate recall R@{k}")
     for bar, row in zip(bars, per_predicate):
-        ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2,
-                f"{100 * row[f'recall@{k}']:.1f} (n={row['num_images']})", va="center", fontsize=7)
+        ax.text(
+            bar.get_width() + 1,
+            bar.get_y() + bar.get_height() / 2,
+            f"{100 * row[f'recall@{k}']:.1f} (n={row['num_images']})",
+            va="center",
+            fontsize=7,
+        )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ from pipeline.calibration_data import (
     make_loader,
     validate_read_block,
 )
-from pipeline.dist import DistContext, barrier, init_distributed, shutdown, split_global_batch
+from pipeline.dist import DistContext, allreduce_grads, barrier, init_distributed, shutdown, split_global_batch
 from pipeline.images import vae_range
 from pipeline.models import LoadedModels, load_models, resolve_device
 from pipeline.params import ScopedParams
@@ -146,23 +146,6 @@ def heldout_metrics(
         l1 += [float(calibration_loss(maps[i : i + 1], teacher[i : i + 1], mask[i : i + 1])) for i in range(len(maps))]
         corr += map_correlation(maps, teacher, mask).double().cpu().tolist()
     return {"l1": float(np.mean(l1)), "corr": None if np.isnan(corr).all() else float(np.nanmean(corr))}
-
-
-def allreduce_grads(params: list[torch.nn.Parameter], ctx: DistContext, bucket: int = 1 << 24) -> None:
-    """Sum the gradients over ranks (the loss is already scaled to the global batch), in flat buckets."""
-    if not ctx.enabled:
-        return
-    grads, start = [p.grad for p in params if p.grad is not None], 0
-    while start < len(grads):
-        group, n = [], 0
-        while start < len(grads) and (not group or n + grads[start].numel() <= bucket):
-            group.append(grads[start])
-            n += grads[start].numel()
-            start += 1
-        flat = torch.cat([g.reshape(-1) for g in group])
-        torch_dist.all_reduce(flat)
-        for g, v in zip(group, flat.split([g.numel() for g in group])):
-            g.copy_(v.view_as(g))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

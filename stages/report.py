@@ -49,8 +49,11 @@ def load_metrics(path: Path) -> Metrics:
 
 def _settings_table(metrics: Metrics, labels: dict[str, str], ks: list[int], first: str) -> str | None:
     names = [(s, lab) for s, lab in labels.items() if any(key[0] == s for key in metrics)]
-    names += [(f"chance_{s}", f"Chance ({lab})") for s, lab in labels.items()
-              if any(key[0] == f"chance_{s}" for key in metrics)]
+    names += [
+        (f"chance_{s}", f"Chance ({lab})")
+        for s, lab in labels.items()
+        if any(key[0] == f"chance_{s}" for key in metrics)
+    ]
     if not names:
         return None
     header = [first] + [f"{m}@{k}" for m in ("R", "mR") for k in ks] + ["images"]
@@ -66,20 +69,28 @@ def ablation_table(exp_rows: list[dict[str, Any]], k: int = 50) -> str | None:
     """One row per run: name, the params that differ between runs, ``<setting> R@k`` / ``mR@k`` (x100)."""
     runs = [r for r in exp_rows if r.get("metrics")]
     # the workspace usually repeats the last experiment: drop it when another run is identical
-    runs = [r for r in runs if r["kind"] != "workspace" or not any(
-        o is not r and o["params"] == r["params"] and o["metrics"] == r["metrics"] for o in runs)]
+    runs = [
+        r
+        for r in runs
+        if r["kind"] != "workspace"
+        or not any(o is not r and o["params"] == r["params"] and o["metrics"] == r["metrics"] for o in runs)
+    ]
     if len(runs) < 2:
         return None
     keys = sorted({key for r in runs for key in r["params"]})
-    differ = [key for key in keys
-              if len({json.dumps(r["params"].get(key), sort_keys=True) for r in runs}) > 1]
-    metric_keys = [f"{s}.{m}@{k}" for s in TABLE1 for m in ("R", "mR")
-                   if any(f"{s}.{m}@{k}" in r["metrics"] for r in runs)]
+    differ = [key for key in keys if len({json.dumps(r["params"].get(key), sort_keys=True) for r in runs}) > 1]
+    metric_keys = [
+        f"{s}.{m}@{k}" for s in TABLE1 for m in ("R", "mR") if any(f"{s}.{m}@{k}" in r["metrics"] for r in runs)
+    ]
     header = ["experiment", *differ, *[key.replace(".", " ") for key in metric_keys]]
     rows = []
     for r in runs:
-        params = [json.dumps(r["params"][key]) if isinstance(r["params"].get(key), (list, dict))
-                  else str(r["params"].get(key, "–")) for key in differ]
+        params = [
+            json.dumps(r["params"][key])
+            if isinstance(r["params"].get(key), (list, dict))
+            else str(r["params"].get(key, "–"))
+            for key in differ
+        ]
         rows.append([r["name"], *params, *[_pct(r["metrics"].get(key)) for key in metric_keys]])
     return _markdown(header, rows)
 
@@ -88,8 +99,11 @@ def make_report(metrics_parquet: Path, exp_rows: list[dict[str, Any]] | None = N
     """The Markdown report of one ``metrics.parquet`` (and the runs of :func:`parse_dvc_exp_show`)."""
     metrics = load_metrics(metrics_parquet)
     ks = sorted({key[2] for key in metrics})
-    parts = ["# SPADE evaluation report", "",
-             f"SGDet recall on the test set (PSG protocol), values x100, from `{metrics_parquet}`."]
+    parts = [
+        "# SPADE evaluation report",
+        "",
+        f"SGDet recall on the test set (PSG protocol), values x100, from `{metrics_parquet}`.",
+    ]
     table1 = _settings_table(metrics, TABLE1, ks, "Setting")
     if table1:
         parts += ["", "## Table 1: scene graph detection", "", table1]
@@ -122,14 +136,18 @@ def _run_entry(state: dict, kind: str, name: str, baseline: str, metrics_file: s
         params.update({pre + k: v for k, v in _flatten((result or {}).get("data") or {}).items()})
     result = (data.get("metrics") or {}).get(metrics_file) or {}
     error = result.get("error") or state.get("error")
-    return {"name": name, "rev": state.get("rev"), "kind": kind, "baseline": baseline, "params": params,
-            "metrics": _flatten(result.get("data") or {}),
-            "error": (error.get("msg") or str(error)) if isinstance(error, dict) else error}
+    return {
+        "name": name,
+        "rev": state.get("rev"),
+        "kind": kind,
+        "baseline": baseline,
+        "params": params,
+        "metrics": _flatten(result.get("data") or {}),
+        "error": (error.get("msg") or str(error)) if isinstance(error, dict) else error,
+    }
 
 
-def parse_dvc_exp_show(
-    json_text: str, metrics_file: str = str(paths.EVALUATE_METRICS)
-) -> list[dict[str, Any]]:
+def parse_dvc_exp_show(json_text: str, metrics_file: str = str(paths.EVALUATE_METRICS)) -> list[dict[str, Any]]:
     """Runs listed by DVC 3's ``dvc exp show --json``.
 
     The JSON is a list of commits (the first is ``"workspace"``), each ``{"rev", "name", "data": {"params":
@@ -191,8 +209,9 @@ def dvc_exp_show_json(timeout: float = 300.0) -> tuple[str | None, str | None]:
     else:
         return None, "DVC is not installed"
     try:
-        done = subprocess.run([*cmd, "exp", "show", "--json"], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            [*cmd, "exp", "show", "--json"], capture_output=True, text=True, timeout=timeout, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         return None, f"`dvc exp show` failed: {err}"
     if done.returncode != 0:
@@ -201,9 +220,7 @@ def dvc_exp_show_json(timeout: float = 300.0) -> tuple[str | None, str | None]:
     return done.stdout, None
 
 
-def run_report(
-    metrics_path: Path = METRICS_PARQUET, out: Path | None = None, with_experiments: bool = True
-) -> str:
+def run_report(metrics_path: Path = METRICS_PARQUET, out: Path | None = None, with_experiments: bool = True) -> str:
     """Build the report from ``metrics_path`` (and ``dvc exp show`` when ``with_experiments``); write it to
     ``out`` (atomically) when given; return the Markdown."""
     exp_rows, note = None, None

@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as torch_dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from pipeline import paths
 from pipeline.datasets.index import IndexRecord, read_index
-from pipeline.dist import DistContext, barrier, init_distributed, shutdown, split_global_batch
+from pipeline.dist import DistContext, allreduce_grads, barrier, init_distributed, shutdown, split_global_batch
 from pipeline.features import FeatureCache, FrozenFeatures, cache_identity
 from pipeline.images import to_tensor
 from pipeline.models import load_models, resolve_device, tree_identity
@@ -80,7 +79,7 @@ def load_images(records: list[IndexRecord], indices, size: int) -> torch.Tensor:
 
 def feature_source(models, student, records, p, name: str, ctx: DistContext, cache_dir: Path, use_cache: bool):
     """``get(indices) -> (feats, dense)``, from the Zarr cache (built once by rank 0) or computed on the fly."""
-    frozen = FrozenFeatures(models, student, p.model.feature_blocks)
+    frozen = FrozenFeatures(models, student, p.model.feature_blocks, p.model.pixel_stride)
     size = p.model.image_size
     if not use_cache:
         return frozen, lambda idx: frozen(load_images(records, idx, size))
@@ -91,6 +90,7 @@ def feature_source(models, student, records, p, name: str, ctx: DistContext, cac
         images=[r.image_id for r in records],
         size=size,
         blocks=p.model.feature_blocks,
+        pixel_stride=p.model.pixel_stride,
         dtype=p.model.dtype,
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -130,16 +130,6 @@ def save_checkpoint(model, opt, epoch: int, step: int, settings: str, curve: lis
     tmp = stem.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"epoch": epoch, "step": step, "settings": settings, "curve": curve}))
     tmp.replace(f"{stem}.json")  # written last: a checkpoint counts only once all three files exist
-
-
-def allreduce_grads(model: torch.nn.Module, ctx: DistContext) -> None:
-    if not ctx.enabled:
-        return
-    for prm in model.parameters():
-        if prm.requires_grad:
-            if prm.grad is None:
-                prm.grad = torch.zeros_like(prm)
-            torch_dist.all_reduce(prm.grad, op=torch_dist.ReduceOp.SUM)
 
 
 def run(p: ScopedParams) -> None:
@@ -204,7 +194,7 @@ def run(p: ScopedParams) -> None:
                 (losses["loss"] * len(idx) / len(batch)).backward()
                 for k in parts:
                     parts[k] += losses[k].detach().item() * len(idx) / len(batch)
-            allreduce_grads(model, ctx)
+            allreduce_grads([q for q in model.parameters() if q.requires_grad], ctx)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
             step += 1
@@ -234,6 +224,7 @@ def write_outputs(model, curve, p, channels, clip_dim, base, full, split, identi
     config = {
         "model": model.config,
         "feature_blocks": p.model.feature_blocks,
+        "pixel_stride": p.model.pixel_stride,
         "feature_channels": channels,
         "clip_dim": clip_dim,
         "image_size": p.model.image_size,
