@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pipeline import paths
 from pipeline.features import FrozenFeatures
-from pipeline.models import LoadedModels
+from pipeline.models import LoadedModels, tree_identity
 from pipeline.student import load_student
 from spade_core.calibration.clip import OBJECT_TEMPLATES, PREDICATE_TEMPLATES, encode_text
 from spade_core.psg.model import SpadePSG
@@ -55,11 +55,16 @@ def load_trained(
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: run the `train` stage first (dvc repro train)")
     config = json.loads(config_path.read_text())
-    for key, current in (("teacher", models.teacher_identity), ("clip", models.clip_identity)):
-        if config["identity"][key] != current:
+    current = {
+        "teacher": models.teacher_identity,
+        "clip": models.clip_identity,
+        "student": tree_identity(Path(calibrate_dir)),
+    }
+    for key, value in current.items():
+        if config["identity"][key] != value:
             raise ValueError(
                 f"{train_dir}: trained with {key} {config['identity'][key]}, but the loaded {key} is "
-                f"{current}; rerun `train`"
+                f"{value} ({calibrate_dir if key == 'student' else 'artifacts/models'}); rerun `train`"
             )
     student = load_student(models, calibrate_dir)
     features = FrozenFeatures(models, student, config["feature_blocks"], config.get("pixel_stride"))

@@ -174,7 +174,7 @@ def run(p: ScopedParams) -> None:
 
     stop_after = int(os.environ.get("SPADE_STOP_AFTER_EPOCH", "-1"))
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not ctx.is_main)
-    t0 = time.perf_counter()
+    t0, first_step = time.perf_counter(), step
     model.train()
     for epoch in range(start_epoch, t.epochs):
         order = torch.randperm(len(records), generator=torch.Generator().manual_seed(t.seed * 100_003 + epoch))
@@ -186,15 +186,19 @@ def run(p: ScopedParams) -> None:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=True)
             parts = {"loss": 0.0, "loss_rel": 0.0, "loss_rqc": 0.0, "loss_mask": 0.0}
+            global_masks = sum(int(targets[i]["labels"].numel()) for i in batch)
             for c in range(0, len(local), micro):
                 idx = local[c : c + micro]
                 feats, dense = get_features(idx)
                 out = model([f.to(device) for f in feats], dense.to(device), obj_text, pred_text)
-                losses = model.loss(out, [targets[i] for i in idx])
+                # mask losses normalised by the global batch's masks (as with one process), whatever the split
+                num_masks = max(global_masks, 1) * len(idx) / len(batch)
+                losses = model.loss(out, [targets[i] for i in idx], num_masks=num_masks)
                 (losses["loss"] * len(idx) / len(batch)).backward()
                 for k in parts:
                     parts[k] += losses[k].detach().item() * len(idx) / len(batch)
             allreduce_grads([q for q in model.parameters() if q.requires_grad], ctx)
+            parts = global_losses(parts, ctx, device)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
             step += 1
@@ -203,7 +207,7 @@ def run(p: ScopedParams) -> None:
             bar.set_postfix(
                 loss=f"{parts['loss']:.3f}",
                 rel=f"{parts['loss_rel']:.3f}",
-                it_s=f"{(step - bar.initial) / (time.perf_counter() - t0):.2f}",
+                it_s=f"{(step - first_step) / (time.perf_counter() - t0):.2f}",
             )
         if ctx.is_main:
             save_checkpoint(model, opt, epoch, step, settings, curve)
@@ -214,6 +218,15 @@ def run(p: ScopedParams) -> None:
     if ctx.is_main:
         write_outputs(model, curve, p, frozen.channels, models.clip.embed_dim, base, full, split, identity)
     shutdown(ctx)
+
+
+def global_losses(parts: dict[str, float], ctx: DistContext, device: torch.device) -> dict[str, float]:
+    """Sum the per-rank shares of the logged losses: the curve shows the global-batch loss on every rank."""
+    if not ctx.enabled:
+        return parts
+    values = torch.tensor(list(parts.values()), dtype=torch.float64, device=device)  # NCCL: CUDA tensors only
+    torch.distributed.all_reduce(values)
+    return dict(zip(parts, values.tolist()))
 
 
 def write_outputs(model, curve, p, channels, clip_dim, base, full, split, identity) -> None:

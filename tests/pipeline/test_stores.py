@@ -3,29 +3,11 @@ import pytest
 
 from pipeline.stores import (
     InversionStore,
-    StoreGeometry,
     StoreIncompleteError,
     StoreMismatchError,
 )
 
-GEOM = StoreGeometry(num_images=5, latent_shape=(4, 8, 8), num_tokens=6, attn_shape=(8, 8), shard_size=2)
-IDS = [f"img{i}" for i in range(5)]
-SETTINGS = {"method": "belm", "num_steps": 10, "teacher": "abc"}
-
-
-def _shard_arrays(store: InversionStore, shard: int, seed: int = 0) -> dict[str, np.ndarray]:
-    start, stop = store.geometry.shard_range(shard)
-    n = stop - start
-    rng = np.random.default_rng(seed + shard)
-    return {
-        "latents": rng.standard_normal((n, 2, 4, 8, 8)).astype(np.float32),
-        "attn": rng.random((n, 6, 8, 8)).astype(np.float16),
-        "tokens": rng.integers(0, 100, (n, 6)),
-        "roles": rng.integers(0, 4, (n, 6)),
-        "triplet_index": rng.integers(-1, 2, (n, 6)),
-        "lengths": rng.integers(2, 6, (n,)),
-        "recon_error": rng.random(n),
-    }
+from .conftest import GEOM, IDS, SETTINGS, shard_arrays
 
 
 def test_shard_geometry():
@@ -39,7 +21,7 @@ def test_write_read_and_completeness(tmp_path):
     assert store.shards_for_rank(1, 2) == [1]
     written = {}
     for shard in (0, 2):
-        written[shard] = _shard_arrays(store, shard)
+        written[shard] = shard_arrays(shard)
         store.write_shard(shard, written[shard])
     with pytest.raises(StoreIncompleteError, match=r"shards \[1\]"):
         InversionStore.open(loc)
@@ -48,7 +30,7 @@ def test_write_read_and_completeness(tmp_path):
     # reopen (resume): same settings -> the complete shards are still there
     again = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)
     assert [again.is_complete(s) for s in range(3)] == [True, False, True]
-    again.write_shard(1, _shard_arrays(again, 1))
+    again.write_shard(1, shard_arrays(1))
     again.write_manifest({"rank_count": 1})
     done = InversionStore.open(loc, expected={"method": "belm"})
     block = done.read(4, 5)
@@ -77,12 +59,12 @@ def test_refuses_to_mix_settings(tmp_path):
 
 
 def _shard_arrays_for(loc):
-    return _shard_arrays(InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS), 0)
+    return shard_arrays(0)
 
 
 def test_bad_shard_input(tmp_path):
     store = InversionStore.create_or_open(tmp_path / "s.zarr", GEOM, IDS, SETTINGS)
-    arrays = _shard_arrays(store, 0)
+    arrays = shard_arrays(0)
     with pytest.raises(ValueError, match="rows"):
         store.write_shard(0, {**arrays, "lengths": np.zeros(3)})
     arrays.pop("attn")
@@ -97,7 +79,7 @@ def test_finished_store_with_other_settings_is_replaced(tmp_path):
     loc = tmp_path / "s.zarr"
     store = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)
     for shard in range(GEOM.num_shards):
-        store.write_shard(shard, _shard_arrays(store, shard))
+        store.write_shard(shard, shard_arrays(shard))
     store.write_manifest()
     same = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)
     assert all(same.is_complete(s) for s in range(GEOM.num_shards))

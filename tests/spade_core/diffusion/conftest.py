@@ -9,15 +9,6 @@ from diffusers import UNet2DConditionModel
 from spade_core.diffusion.models import TINY_UNET_CONFIG
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, spinning OpenMP threads slow these tiny tests ~6x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def tiny_unet_state() -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
