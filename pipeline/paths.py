@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 PREPARED = Path("data/prepared")
 DATASET = PREPARED / "dataset"  # synthetic source only: the generated PSG-format release
 INDEX = PREPARED / "index"  # train.parquet, test.parquet

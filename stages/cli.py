@@ -150,6 +150,44 @@ def inspect_maps_command(
         raise typer.Exit(1) from None
 
 
+@app.command("train-teacher")
+def train_teacher_command(
+    out: Path = typer.Argument(Path("artifacts/teacher"), help="Output folder (diffusers layout), replaced."),
+    steps: int = typer.Option(1500, min=1, help="Optimisation steps."),
+    seed: int = typer.Option(0, help="Seed of the init, the scenes (stream 2) and the batches."),
+    num_scenes: int = typer.Option(4000, min=1, help="Synthetic training scenes."),
+    batch_size: int = typer.Option(32, min=1),
+    lr: float = typer.Option(1e-3, min=0.0),
+    image_size: int = typer.Option(128, min=16, help="Scene size in pixels (latents are 8x smaller)."),
+    eval_scenes: int = typer.Option(100, min=1, help="Held-out scenes (stream 3) of the localisation check."),
+    threads: int = typer.Option(1, min=1, help="CPU threads (same seed and threads on CPU: same weights)."),
+) -> None:
+    """Train a tiny text-to-image teacher (UNet + text encoder) on synthetic scenes (experimental, see README)."""
+    from stages.train_teacher import run
+
+    run(out, steps=steps, seed=seed, num_scenes=num_scenes, batch_size=batch_size, lr=lr, image_size=image_size,
+        eval_scenes=eval_scenes, threads=threads)
+    typer.echo(f"teacher written to {out}/ (MODEL_CARD.md, training.json)")
+
+
+@app.command("teacher-report")
+def teacher_report_command(
+    weights: Path = typer.Option(Path("artifacts/teacher"), help="Teacher folder (diffusers layout)."),
+    out: Path = typer.Option(Path("artifacts/teacher_report"), help="Output folder (.md, .json, .png)."),
+    num_scenes: int = typer.Option(100, min=1, help="Held-out synthetic scenes."),
+    grid_scenes: int = typer.Option(4, min=0, help="Scenes drawn in teacher_maps.png."),
+    store: Path | None = typer.Option(None, help="Also score an inversion store, e.g. artifacts/invert/teacher.zarr."),
+) -> None:
+    """Pointing game and top-k IoU of the teacher's maps per token kind, trained vs init, plus a PNG grid."""
+    from stages.teacher_report import run
+
+    try:
+        run(weights, out, num_scenes=num_scenes, grid_scenes=grid_scenes, store=store)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 def run_stage_main(name: str) -> None:
     """``python -m stages.<name> [--params FILE]``: the entry DVC calls."""
     import argparse

@@ -7,7 +7,9 @@ relation prompt built from the image's ground-truth triplets. With BELM the maps
 (N UNet calls per image instead of 2N - 1; see ``spade_core.diffusion.inversion``).
 
 Output: ``artifacts/invert/teacher.zarr`` (see ``pipeline.stores``), written shard by shard (resumable,
-``persist: true`` in dvc.yaml; rank r of W writes shards r, r+W, ...), and ``artifacts/invert_metrics.json``.
+``persist: true`` in dvc.yaml; rank r of W writes shards r, r+W, ...), and ``artifacts/invert_metrics.json``
+(throughput, reconstruction error, and how well the stored maps localise the named objects:
+``pipeline.map_localisation``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.datasets.classes import ClassLists
 from pipeline.datasets.index import IndexRecord, read_index
 from pipeline.dist import DistContext, barrier, init_distributed, shutdown
 from pipeline.images import to_tensor, vae_range
+from pipeline.map_localisation import stored_map_localisation
 from pipeline.models import LoadedModels, load_models
 from pipeline.params import ScopedParams
 from pipeline.stores import InversionStore, StoreGeometry
@@ -37,10 +40,10 @@ from spade_core.diffusion.prompts import build_relation_prompt
 PARAMS = ("data.split", "model.dtype", "model.device", "model.image_size", "invert")
 
 CODE_FILES = ("stages/invert.py", "spade_core/diffusion")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCALISATION_IMAGES = 64  # images whose stored maps are scored against their masks in invert_metrics.json
 
 
-def code_version(root: Path = REPO_ROOT) -> str:
+def code_version(root: Path = paths.REPO_ROOT) -> str:
     """Hash of the code that determines the store's content (a changed sampler must not reuse old shards)."""
     h = hashlib.sha256()
     for entry in CODE_FILES:
@@ -191,7 +194,7 @@ def run(p: ScopedParams) -> None:
     stats = process_shards(store, todo, records, classes, models, p, ctx)
     barrier(ctx)
     if ctx.is_main:
-        finish(store, models, p, stats, ctx)
+        finish(store, models, p, stats, ctx, records)
     shutdown(ctx)
 
 
@@ -229,7 +232,9 @@ def process_shards(store, todo, records, classes, models, p, ctx: DistContext) -
     return {"images": done, "seconds": time.perf_counter() - t0, "triplets_kept": kept}
 
 
-def finish(store: InversionStore, models: LoadedModels, p: ScopedParams, stats: dict, ctx: DistContext) -> None:
+def finish(
+    store: InversionStore, models: LoadedModels, p: ScopedParams, stats: dict, ctx: DistContext, records: list
+) -> None:
     inv = p.invert
     calls = {
         ("belm", False): inv.num_steps,
@@ -252,6 +257,8 @@ def finish(store: InversionStore, models: LoadedModels, p: ScopedParams, stats: 
         "reconstruction_error_mean": float(measured.mean()) if len(measured) else None,
         "reconstruction_error_max": float(measured.max()) if len(measured) else None,
         "teacher": models.teacher_identity,
+        # do the stored maps point at the named objects? (first images; `chance`: a random argmax)
+        "localisation": stored_map_localisation(store, records, LOCALISATION_IMAGES),
     }
     store.write_manifest(metrics)
     tmp = paths.INVERT_METRICS.with_suffix(".tmp")

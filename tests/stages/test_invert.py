@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def test_invert_writes_complete_store_and_rerun_is_noop(tiny_workspace, monkeypa
     assert len(measured) > 0 and measured.max() < 1e-3
     metrics = (tiny_workspace / "artifacts/invert_metrics.json").read_text()
     assert '"unet_calls_per_image": 4' in metrics
+    loc = json.loads(metrics)["localisation"]  # the random tiny teacher: scored, whatever it scores
+    assert set(loc) == {"entity", "predicate"} and loc["entity"]["n"] > 0
+    assert 0 <= loc["entity"]["pointing"] <= 1 and 0 < loc["entity"]["chance"] < 1
 
     def fail(*args, **kwargs):
         raise AssertionError("a complete shard was recomputed")

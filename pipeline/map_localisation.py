@@ -1,0 +1,69 @@
+"""Do the teacher maps stored by ``invert`` point at the objects their tokens name?
+
+For the first ``max_images`` images of an inversion store, each kept triplet gives three queries scored with
+:mod:`spade_core.diffusion.localisation` against the image's ground-truth segment masks: the subject phrase's
+tokens against the subject mask and the object phrase's against the object mask (kind ``entity``), and the
+predicate's tokens against the union of both (kind ``predicate``). ``chance`` is the pointing accuracy of a
+map whose maximum falls on a uniformly random pixel (the mean mask-area fraction), the baseline to beat.
+Maps were computed on the image resized to a square, so they are resized back to the mask's ``H x W``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.datasets.index import IndexRecord
+from pipeline.stores import InversionStore
+from spade_core.diffusion.localisation import LocalisationQuery, merge_scores, score_queries
+from spade_core.diffusion.prompts import ROLE_OBJECT, ROLE_PREDICATE, ROLE_SUBJECT
+
+
+def stored_queries(record: IndexRecord, roles: np.ndarray, triplet_index: np.ndarray) -> list[LocalisationQuery]:
+    """Queries of one stored prompt (``roles``/``triplet_index`` [T] as stored) against ``record``'s masks."""
+    kept = sorted({int(k) for k in triplet_index if k >= 0})
+    if not kept:
+        return []
+    masks = torch.from_numpy(record.load_panoptic())
+    queries = []
+    for k in kept:
+        if k >= len(record.relations):
+            raise ValueError(f"image {record.image_id!r}: stored triplet {k} but the record has "
+                             f"{len(record.relations)} relations (store and dataset disagree)")
+        s, o, _ = record.relations[k]
+        for role, mask in ((ROLE_SUBJECT, masks[s]), (ROLE_OBJECT, masks[o]), (ROLE_PREDICATE, masks[s] | masks[o])):
+            tokens = np.flatnonzero((triplet_index == k) & (roles == role)).tolist()
+            if tokens and mask.any():
+                queries.append(LocalisationQuery("predicate" if role == ROLE_PREDICATE else "entity", tokens, mask))
+    return queries
+
+
+def stored_map_localisation(
+    store: InversionStore, records: list[IndexRecord], max_images: int = 64
+) -> dict[str, dict[str, float]]:
+    """``{kind: {"pointing", "iou", "chance", "n"}}`` over the first ``max_images`` images of ``store``
+    (``records``: the index records, any order; matched by image id)."""
+    by_id = {r.image_id: r for r in records}
+    n = min(max_images, store.geometry.num_images)
+    data = store.read(0, n, ("attn", "roles", "triplet_index"))
+    scores: dict[str, dict[str, list[float]]] = {}
+    chance: dict[str, list[float]] = {}
+    for i, image_id in enumerate(store.image_ids[:n]):
+        if image_id not in by_id:
+            raise KeyError(f"store image {image_id!r} is not in the dataset index")
+        queries = stored_queries(by_id[image_id], data["roles"][i], data["triplet_index"][i])
+        if not queries:
+            continue
+        maps = torch.from_numpy(data["attn"][i].astype(np.float32))
+        merge_scores(scores, score_queries(maps, queries))
+        for q in queries:
+            chance.setdefault(q.kind, []).append(float(q.mask.float().mean()))
+    return {
+        kind: {
+            "pointing": float(np.mean(d["pointing"])),
+            "iou": float(np.mean(d["iou"])),
+            "chance": float(np.mean(chance[kind])),
+            "n": len(d["pointing"]),
+        }
+        for kind, d in scores.items()
+    }

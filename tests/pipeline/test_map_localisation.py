@@ -1,0 +1,93 @@
+"""Localisation of stored teacher maps against the dataset's masks (``pipeline.map_localisation``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.datasets.index import read_index
+from pipeline.map_localisation import stored_map_localisation, stored_queries
+from pipeline.params import ScopedParams, default_params_dict, parse_params
+from pipeline.stores import InversionStore, StoreGeometry
+from spade_core.diffusion.prompts import ROLE_OBJECT, ROLE_PREDICATE, ROLE_SUBJECT
+from stages import prepare
+
+T, HA = 8, 64  # maps at the image's resolution: an oracle map is exactly the mask
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """Four prepared synthetic training records with relations (the ``prepare`` stage at 64 px)."""
+    raw = default_params_dict()
+    raw["prepare"]["synthetic"].update(num_train=6, num_test=2, image_size=64)
+    root = tmp_path_factory.mktemp("prepared")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        prepare.run(ScopedParams(parse_params(raw), prepare.PARAMS))
+    recs = [r for r in read_index(root / "data/prepared/index/train.parquet") if r.relations]
+    return recs[:4]
+
+
+def prompt_layout(record) -> tuple[np.ndarray, np.ndarray]:
+    """roles / triplet_index [T] of a prompt that keeps the record's first triplet: s s p o o pad..."""
+    roles = np.zeros(T, np.int64)
+    trip = np.full(T, -1, np.int64)
+    roles[1:6] = [ROLE_SUBJECT, ROLE_SUBJECT, ROLE_PREDICATE, ROLE_OBJECT, ROLE_OBJECT]
+    trip[1:6] = 0
+    return roles, trip
+
+
+def write_store(path: Path, records, maps: list[np.ndarray]) -> InversionStore:
+    geom = StoreGeometry(num_images=len(records), latent_shape=(4, 8, 8), num_tokens=T, attn_shape=(HA, HA),
+                         shard_size=len(records))
+    store = InversionStore.create_or_open(path, geom, [r.image_id for r in records], {"teacher": "x"})
+    n = len(records)
+    layouts = [prompt_layout(r) for r in records]
+    store.write_shard(0, {
+        "latents": np.zeros((n, 2, 4, 8, 8), np.float32),
+        "attn": np.stack(maps).astype(np.float16),
+        "tokens": np.zeros((n, T), np.int64),
+        "roles": np.stack([lay[0] for lay in layouts]),
+        "triplet_index": np.stack([lay[1] for lay in layouts]),
+        "lengths": np.full(n, 7),
+        "recon_error": np.zeros(n),
+    })
+    store.write_manifest()
+    return store
+
+
+def oracle_maps(record, roles, trip) -> np.ndarray:
+    """Maps equal to the masks of what each token names: a perfect teacher."""
+    small = torch.from_numpy(record.load_panoptic()).float()
+    s, o, _ = record.relations[0]
+    out = np.zeros((T, HA, HA), np.float32)
+    for t in range(T):
+        if trip[t] == 0:
+            out[t] = {ROLE_SUBJECT: small[s], ROLE_OBJECT: small[o], ROLE_PREDICATE: small[s] + small[o]}[roles[t]]
+    return out
+
+
+def test_a_perfect_teacher_points_everywhere_and_an_inverted_one_nowhere(records, tmp_path):
+    perfect = [oracle_maps(r, *prompt_layout(r)) for r in records]
+    good = stored_map_localisation(write_store(tmp_path / "good.zarr", records, perfect), records)
+    assert set(good) == {"entity", "predicate"}
+    assert good["entity"]["n"] == 2 * len(records) and good["predicate"]["n"] == len(records)
+    assert good["entity"]["pointing"] == 1.0 and good["entity"]["iou"] == 1.0
+    assert good["predicate"]["pointing"] == 1.0
+    assert 0 < good["entity"]["chance"] < 0.5
+    inverted = [1.0 - m for m in perfect]  # maximum outside the object
+    bad = stored_map_localisation(write_store(tmp_path / "bad.zarr", records, inverted), records)
+    assert bad["entity"]["pointing"] == 0.0 and bad["entity"]["iou"] < good["entity"]["iou"]
+
+
+def test_store_and_dataset_that_disagree_are_refused(records, tmp_path):
+    roles, trip = prompt_layout(records[0])
+    trip[1] = 99
+    with pytest.raises(ValueError, match=f"image '{records[0].image_id}': stored triplet 99"):
+        stored_queries(records[0], roles, trip)
+    store = write_store(tmp_path / "s.zarr", records, [np.ones((T, HA, HA))] * len(records))
+    with pytest.raises(KeyError, match="is not in the dataset index"):
+        stored_map_localisation(store, records[1:])
