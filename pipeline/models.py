@@ -1,15 +1,22 @@
 """Resolve the models a run uses and record their identities.
 
-The ``models`` stage writes ``artifacts/models/manifest.json``. With ``model.preset: tiny-random`` (and, until
-the trained embedded teacher ships, ``tiny``) the tiny diffusion models and the tiny open_clip model are built
-from configs with ``model.seed`` and saved there in their real on-disk layouts; with ``sd`` the manifest
-points at the user's Stable Diffusion folder and open_clip checkpoint. Every later stage loads through
-:func:`load_models`, i.e. through the libraries' own loaders, and records the identities in its artifacts.
+The ``models`` stage writes ``artifacts/models/manifest.json``:
+
+* ``model.preset: tiny`` (default): the embedded teacher shipped in ``teacher/weights`` (a tiny text-to-image
+  model trained on the synthetic scenes, see ``teacher/weights/MODEL_CARD.md``) is copied into
+  ``artifacts/models/diffusion``; the tiny open_clip model is built from its config with ``model.seed``;
+* ``model.preset: tiny-random``: the tiny diffusion models are built from configs with ``model.seed`` too
+  (random init: fastest, but their maps mean nothing);
+* ``model.preset: sd``: the manifest points at the user's Stable Diffusion folder and open_clip checkpoint.
+
+Every later stage loads through :func:`load_models`, i.e. through the libraries' own loaders, and records the
+identities in its artifacts.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,13 +86,30 @@ def tree_identity(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def copy_embedded_teacher(dest: Path, source: Path = paths.TEACHER_WEIGHTS) -> Path:
+    """Copy the shipped teacher's components (diffusers layout) to ``dest``, replacing what is there."""
+    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (source / c).is_dir()]
+    if missing:
+        raise FileNotFoundError(
+            f"model.preset=tiny: the embedded teacher {source} lacks {missing}; restore it from git "
+            "(`git checkout -- teacher/weights`), retrain it (`spade train-teacher`), or use model.preset=tiny-random"
+        )
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.md", "training.json"))
+    return dest
+
+
 def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str, Any]:
     """Build (tiny presets) or locate (sd) the models and return the manifest written to ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     preset = model_params.preset
     if preset in ("tiny", "tiny-random"):
         diff_dir = out_dir / "diffusion"
-        build_tiny_diffusion_models(diff_dir, seed=model_params.seed)
+        if preset == "tiny":
+            copy_embedded_teacher(diff_dir)
+        else:
+            shutil.rmtree(diff_dir, ignore_errors=True)
+            build_tiny_diffusion_models(diff_dir, seed=model_params.seed)
         clip_dir = out_dir / "clip"
         clip_ckpt = build_tiny_clip(clip_dir, seed=model_params.seed)
         clip_arch = str(clip_dir / f"{TINY_CLIP_ARCH}.json")

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# the embedded teacher shipped with the project (diffusers layout): read where the code lives, not from the cwd
+TEACHER_WEIGHTS = REPO_ROOT / "teacher" / "weights"
 
 PREPARED = Path("data/prepared")
 DATASET = PREPARED / "dataset"  # synthetic source only: the generated PSG-format release

@@ -152,17 +152,17 @@ def inspect_maps_command(
 
 @app.command("train-teacher")
 def train_teacher_command(
-    out: Path = typer.Argument(Path("artifacts/teacher"), help="Output folder (diffusers layout), replaced."),
+    out: Path = typer.Argument(Path("teacher/weights"), help="Output folder (diffusers layout), replaced."),
     steps: int = typer.Option(1500, min=1, help="Optimisation steps."),
     seed: int = typer.Option(0, help="Seed of the init, the scenes (stream 2) and the batches."),
     num_scenes: int = typer.Option(4000, min=1, help="Synthetic training scenes."),
     batch_size: int = typer.Option(32, min=1),
-    lr: float = typer.Option(1e-3, min=0.0),
+    lr: float = typer.Option(3e-3, min=0.0, help="Peak AdamW lr (1e-3 does not localise, see README)."),
     image_size: int = typer.Option(128, min=16, help="Scene size in pixels (latents are 8x smaller)."),
     eval_scenes: int = typer.Option(100, min=1, help="Held-out scenes (stream 3) of the localisation check."),
     threads: int = typer.Option(1, min=1, help="CPU threads (same seed and threads on CPU: same weights)."),
 ) -> None:
-    """Train a tiny text-to-image teacher (UNet + text encoder) on synthetic scenes (experimental, see README)."""
+    """Train the embedded teacher (tiny text-to-image UNet + text encoder) on synthetic scenes."""
     from stages.train_teacher import run
 
     run(out, steps=steps, seed=seed, num_scenes=num_scenes, batch_size=batch_size, lr=lr, image_size=image_size,
@@ -172,7 +172,7 @@ def train_teacher_command(
 
 @app.command("teacher-report")
 def teacher_report_command(
-    weights: Path = typer.Option(Path("artifacts/teacher"), help="Teacher folder (diffusers layout)."),
+    weights: Path = typer.Option(Path("teacher/weights"), help="Teacher folder (diffusers layout)."),
     out: Path = typer.Option(Path("artifacts/teacher_report"), help="Output folder (.md, .json, .png)."),
     num_scenes: int = typer.Option(100, min=1, help="Held-out synthetic scenes."),
     grid_scenes: int = typer.Option(4, min=0, help="Scenes drawn in teacher_maps.png."),

@@ -1,4 +1,4 @@
-"""``spade train-teacher``: train a tiny text-to-image teacher on synthetic scenes and write it in the diffusers layout.
+"""``spade train-teacher``: train the embedded teacher on synthetic scenes and write it in the diffusers layout.
 
 ``run(out_dir, steps, seed, ...)``: builds the teacher at initialisation (:func:`build_teacher_init`), encodes
 ``num_scenes`` training scenes (stream 2 of ``seed``, see :mod:`pipeline.teacher`) with its frozen VAE, trains
@@ -34,7 +34,7 @@ from spade_core.diffusion.teacher_training import train_teacher
 
 
 def run(out_dir: str | Path, steps: int = 1500, seed: int = 0, num_scenes: int = 4000, batch_size: int = 32,
-        lr: float = 1e-3, image_size: int = 128, eval_scenes: int = 100, threads: int | None = 1,
+        lr: float = 3e-3, image_size: int = 128, eval_scenes: int = 100, threads: int | None = 1,
         log_every: int = 50) -> dict:
     """Train and write the teacher into ``out_dir``. Everything is built in ``<out_dir>.tmp`` and moved into
     place at the end, so an interrupted run leaves the previous teacher untouched. Returns the record written
@@ -94,7 +94,7 @@ def _train_into(tmp: Path, steps: int, seed: int, num_scenes: int, batch_size: i
 
 def model_card(r: dict) -> str:
     table = format_table({"trained": r["localisation"]["trained"], "init": r["localisation"]["init"]})
-    return f"""# SPADE tiny teacher (trained on synthetic scenes)
+    return f"""# SPADE embedded teacher (tiny, trained on synthetic scenes)
 
 A diffusers `UNet2DConditionModel` ({r['parameters'] / 1e6:.2f} M parameters with the text encoder) trained
 from scratch with the epsilon-prediction loss in the latent space of the tiny preset's VAE with its encoder
