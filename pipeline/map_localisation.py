@@ -15,7 +15,7 @@ import torch
 
 from pipeline.datasets.index import IndexRecord
 from pipeline.stores import InversionStore
-from spade_core.diffusion.localisation import LocalisationQuery, merge_scores, score_queries
+from spade_core.diffusion.localisation import LocalisationQuery, merge_scores, score_queries, summarise
 from spade_core.diffusion.prompts import ROLE_OBJECT, ROLE_PREDICATE, ROLE_SUBJECT
 
 
@@ -58,12 +58,7 @@ def stored_map_localisation(
         merge_scores(scores, score_queries(maps, queries))
         for q in queries:
             chance.setdefault(q.kind, []).append(float(q.mask.float().mean()))
-    return {
-        kind: {
-            "pointing": float(np.mean(d["pointing"])),
-            "iou": float(np.mean(d["iou"])),
-            "chance": float(np.mean(chance[kind])),
-            "n": len(d["pointing"]),
-        }
-        for kind, d in scores.items()
-    }
+    summary = summarise(scores)
+    for kind, d in summary.items():
+        d["chance"] = float(np.mean(chance[kind]))
+    return summary

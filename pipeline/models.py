@@ -26,6 +26,7 @@ import torch
 from pipeline import paths
 from spade_core.calibration.clip import ClipModels, build_tiny_clip, load_clip
 from spade_core.diffusion.models import (
+    COMPONENTS,
     DiffusionModels,
     build_tiny_diffusion_models,
     load_diffusion_models,
@@ -88,7 +89,7 @@ def tree_identity(root: Path) -> str:
 
 def copy_embedded_teacher(dest: Path, source: Path = paths.TEACHER_WEIGHTS) -> Path:
     """Copy the shipped teacher's components (diffusers layout) to ``dest``, replacing what is there."""
-    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (source / c).is_dir()]
+    missing = [c for c in COMPONENTS if not (source / c).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"model.preset=tiny: the embedded teacher {source} lacks {missing}; restore it from git "

@@ -175,12 +175,13 @@ def localisation_queries(scene: Scene, prompt: RelationPrompt, tokenizer: Any) -
     """Queries of every kept triplet: for each subject/object thing its colour word, shape word and whole
     phrase (stuff names: kind ``stuff``), and the predicate against the union of both masks."""
     masks = [torch.from_numpy(scene.id_map == s["id"]) for s in scene.segments_info]
+    names = load_class_lists("synthetic").object_names
     queries = []
     for k in range(prompt.num_triplets_kept):
         s, o, _ = scene.relations[k]
         for seg, role in ((s, ROLE_SUBJECT), (o, ROLE_OBJECT)):
             tokens = torch.nonzero(prompt.token_mask(k, role))[:, 0].tolist()
-            name = load_class_lists("synthetic").object_names[scene.segments_info[seg]["category_id"]]
+            name = names[scene.segments_info[seg]["category_id"]]
             if name in THING_STYLES:
                 n_colour = _word_pieces(tokenizer, name.split()[0])
                 queries += [LocalisationQuery("colour", tokens[:n_colour], masks[seg]),

@@ -64,7 +64,7 @@ def _train_into(tmp: Path, steps: int, seed: int, num_scenes: int, batch_size: i
         data = make_teacher_data(seed, SPLIT_TRAIN, num_scenes, tokenizer, image_size)
         stats_scenes = min(STATS_SCENES, num_scenes)  # the VAE's shift/scale come from the first scenes
         build_teacher_init(tmp, seed, data.images[:stats_scenes])
-        init_dir = build_teacher_init(Path(scratch) / "init", seed, data.images[:stats_scenes])
+        init_dir = Path(shutil.copytree(tmp, Path(scratch) / "init"))  # the same model, kept for the comparison
         models = load_diffusion_models(tmp)
         latents = torch.cat([encode_images(models.vae, data.images[i:i + 64]) for i in range(0, num_scenes, 64)])
         t_data = time.perf_counter() - t0
