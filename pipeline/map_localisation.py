@@ -1,10 +1,12 @@
 """Do the teacher maps stored by ``invert`` point at the objects their tokens name?
 
-For the first ``max_images`` images of an inversion store, each kept triplet gives three queries scored with
+For the first ``max_images`` images of an inversion store, each kept triplet gives queries scored with
 :mod:`spade_core.diffusion.localisation` against the image's ground-truth segment masks: the subject phrase's
-tokens against the subject mask and the object phrase's against the object mask (kind ``entity``), and the
-predicate's tokens against the union of both (kind ``predicate``). ``chance`` is the pointing accuracy of a
-map whose maximum falls on a uniformly random pixel (the mean mask-area fraction), the baseline to beat.
+and the object phrase's tokens against every segment of the category they name (kind ``entity``: the pointing
+game's rule, see :func:`pipeline.teacher.localisation_queries`) and against the triplet's one segment (kind
+``entity-instance``), and the predicate's tokens against the union of both segments (kind ``predicate``).
+``chance`` is the pointing accuracy of a map whose maximum falls on a uniformly random pixel (the mean
+target-area fraction), the baseline to beat.
 Maps were computed on the image resized to a square, so they are resized back to the mask's ``H x W``.
 """
 
@@ -25,16 +27,22 @@ def stored_queries(record: IndexRecord, roles: np.ndarray, triplet_index: np.nda
     if not kept:
         return []
     masks = torch.from_numpy(record.load_panoptic())
+    cats = record.category_ids
     queries = []
     for k in kept:
         if k >= len(record.relations):
             raise ValueError(f"image {record.image_id!r}: stored triplet {k} but the record has "
                              f"{len(record.relations)} relations (store and dataset disagree)")
         s, o, _ = record.relations[k]
-        for role, mask in ((ROLE_SUBJECT, masks[s]), (ROLE_OBJECT, masks[o]), (ROLE_PREDICATE, masks[s] | masks[o])):
+        for role, seg in ((ROLE_SUBJECT, s), (ROLE_OBJECT, o)):
             tokens = np.flatnonzero((triplet_index == k) & (roles == role)).tolist()
-            if tokens and mask.any():
-                queries.append(LocalisationQuery("predicate" if role == ROLE_PREDICATE else "entity", tokens, mask))
+            same = [i for i, c in enumerate(cats) if c == cats[seg]]
+            if tokens and masks[seg].any():
+                queries += [LocalisationQuery("entity", tokens, masks[same].any(0)),
+                            LocalisationQuery("entity-instance", tokens, masks[seg])]
+        tokens = np.flatnonzero((triplet_index == k) & (roles == ROLE_PREDICATE)).tolist()
+        if tokens and (masks[s] | masks[o]).any():
+            queries.append(LocalisationQuery("predicate", tokens, masks[s] | masks[o]))
     return queries
 
 

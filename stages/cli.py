@@ -153,7 +153,7 @@ def inspect_maps_command(
 @app.command("train-teacher")
 def train_teacher_command(
     out: Path = typer.Argument(Path("teacher/weights"), help="Output folder (diffusers layout), replaced."),
-    steps: int = typer.Option(1500, min=1, help="Optimisation steps."),
+    steps: int = typer.Option(3000, min=1, help="Optimisation steps."),
     seed: int = typer.Option(0, help="Seed of the init, the scenes (stream 2) and the batches."),
     num_scenes: int = typer.Option(4000, min=1, help="Synthetic training scenes."),
     batch_size: int = typer.Option(32, min=1),

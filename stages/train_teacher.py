@@ -33,7 +33,7 @@ from spade_core.diffusion.models import encode_images, load_diffusion_models, wr
 from spade_core.diffusion.teacher_training import train_teacher
 
 
-def run(out_dir: str | Path, steps: int = 1500, seed: int = 0, num_scenes: int = 4000, batch_size: int = 32,
+def run(out_dir: str | Path, steps: int = 3000, seed: int = 0, num_scenes: int = 4000, batch_size: int = 32,
         lr: float = 3e-3, image_size: int = 128, eval_scenes: int = 100, threads: int | None = 1,
         log_every: int = 50) -> dict:
     """Train and write the teacher into ``out_dir``. Everything is built in ``<out_dir>.tmp`` and moved into
@@ -115,8 +115,9 @@ CLIP text encoder (width 32) over open_clip's BPE tokenizer. Loads with
 
 ## Localisation ({r['eval_scenes']} held-out scenes, stream 3; BELM 10 steps, maps of the final denoising step)
 
-Pointing game: the map's argmax lies in the object's mask. Top-k IoU: k = the mask's area. `phrase` = mean
-over the object's tokens; `stuff` = stuff names; `predicate` against the union of subject and object masks.
+Pointing game: the map's argmax lies on an instance of the category the tokens name (the pointing game's
+rule; `phrase-instance`: on the triplet's one instance). Top-k IoU: k = the target's area. `phrase` = mean over
+the object's tokens; `stuff` = stuff names; `predicate` against the union of subject and object masks.
 `init` = the same model at initialisation.
 
 {table}

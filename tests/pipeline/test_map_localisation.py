@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from pipeline.datasets.index import read_index
 from pipeline.map_localisation import stored_map_localisation, stored_queries
 from pipeline.params import ScopedParams, default_params_dict, parse_params
 from pipeline.stores import InversionStore, StoreGeometry
+from spade_core.diffusion.localisation import score_queries, summarise
 from spade_core.diffusion.prompts import ROLE_OBJECT, ROLE_PREDICATE, ROLE_SUBJECT
 from stages import prepare
 
@@ -73,14 +75,37 @@ def oracle_maps(record, roles, trip) -> np.ndarray:
 def test_a_perfect_teacher_points_everywhere_and_an_inverted_one_nowhere(records, tmp_path):
     perfect = [oracle_maps(r, *prompt_layout(r)) for r in records]
     good = stored_map_localisation(write_store(tmp_path / "good.zarr", records, perfect), records)
-    assert set(good) == {"entity", "predicate"}
+    assert set(good) == {"entity", "entity-instance", "predicate"}
     assert good["entity"]["n"] == 2 * len(records) and good["predicate"]["n"] == len(records)
-    assert good["entity"]["pointing"] == 1.0 and good["entity"]["iou"] == 1.0
-    assert good["predicate"]["pointing"] == 1.0
+    assert good["entity-instance"]["pointing"] == 1.0 and good["entity-instance"]["iou"] == 1.0
+    assert good["entity"]["pointing"] == 1.0 and good["predicate"]["pointing"] == 1.0
     assert 0 < good["entity"]["chance"] < 0.5
     inverted = [1.0 - m for m in perfect]  # maximum outside the object
     bad = stored_map_localisation(write_store(tmp_path / "bad.zarr", records, inverted), records)
     assert bad["entity"]["pointing"] == 0.0 and bad["entity"]["iou"] < good["entity"]["iou"]
+
+
+def test_entity_targets_every_instance_of_the_named_category(records):
+    """Pointing game rule: a subject phrase's map peaking on another instance of the subject's category is a
+    hit for ``entity`` and a miss for ``entity-instance``."""
+    rec = records[0]
+    s, o, _ = rec.relations[0]
+    other = next(i for i in range(len(rec.segment_ids)) if i not in (s, o))
+    cats = list(rec.category_ids)
+    cats[other] = cats[s]  # a second instance of the subject's category
+    twin = dataclasses.replace(rec, category_ids=cats)
+    roles, trip = prompt_layout(twin)
+    masks = torch.from_numpy(twin.load_panoptic())
+    subject = [q for q in stored_queries(twin, roles, trip) if ROLE_SUBJECT in roles[q.tokens]
+               and q.kind != "predicate"]
+    by_kind = {q.kind: q for q in subject}
+    assert torch.equal(by_kind["entity"].mask, masks[s] | masks[other])
+    assert torch.equal(by_kind["entity-instance"].mask, masks[s])
+    peak_on_twin = masks[other].float()[None].expand(len(by_kind["entity"].tokens), -1, -1)
+    maps = torch.zeros(T, *masks.shape[1:])
+    maps[by_kind["entity"].tokens] = peak_on_twin
+    scores = summarise(score_queries(maps, subject))
+    assert scores["entity"]["pointing"] == 1.0 and scores["entity-instance"]["pointing"] == 0.0
 
 
 def test_store_and_dataset_that_disagree_are_refused(records, tmp_path):

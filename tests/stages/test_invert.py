@@ -40,7 +40,7 @@ def test_invert_writes_complete_store_and_rerun_is_noop(tiny_workspace, monkeypa
     metrics = (tiny_workspace / "artifacts/invert_metrics.json").read_text()
     assert '"unet_calls_per_image": 4' in metrics
     loc = json.loads(metrics)["localisation"]  # the random tiny teacher: scored, whatever it scores
-    assert set(loc) == {"entity", "predicate"} and loc["entity"]["n"] > 0
+    assert set(loc) == {"entity", "entity-instance", "predicate"} and loc["entity"]["n"] > 0
     assert 0 <= loc["entity"]["pointing"] <= 1 and 0 < loc["entity"]["chance"] < 1
 
     def fail(*args, **kwargs):

@@ -51,7 +51,26 @@ def test_localisation_queries_split_colour_and_shape_words(tokenizer):
                 word = tokenizer.decode(prompt.token_ids[q.tokens]).strip()
                 assert (word in ("red", "blue", "green", "yellow", "orange", "purple", "cyan", "white", "pink",
                                  "black")) == (q.kind == "colour"), word
-    assert {"colour", "shape", "phrase", "predicate"} <= kinds
+    assert {"colour", "shape", "phrase", "phrase-instance", "predicate"} <= kinds
+
+
+def test_a_phrase_targets_every_instance_of_its_category(tokenizer):
+    """Pointing game rule: "blue box" may point at either of two blue boxes; ``phrase-instance`` at its own."""
+    data = make_teacher_data(0, SPLIT_HELDOUT, 40, tokenizer, image_size=64)
+    checked = 0
+    for scene, prompt in zip(data.scenes, data.prompts):
+        cats = [s["category_id"] for s in scene.segments_info]
+        masks = [torch.from_numpy(scene.id_map == s["id"]) for s in scene.segments_info]
+        queries = localisation_queries(scene, prompt, tokenizer)
+        instance = [q for q in queries if q.kind == "phrase-instance"]
+        phrase = [q for q in queries if q.kind == "phrase"]
+        assert len(instance) == len(phrase)
+        for q, qi in zip(phrase, instance):
+            seg = next(i for i, m in enumerate(masks) if torch.equal(m, qi.mask))
+            same = [m for m, c in zip(masks, cats) if c == cats[seg]]
+            assert torch.equal(q.mask, torch.stack(same).any(0)) and q.tokens == qi.tokens
+            checked += len(same) > 1
+    assert checked > 0  # the held-out scenes do hold repeated categories
 
 
 def test_train_teacher_writes_a_loadable_folder_and_the_report_runs(tmp_path):
