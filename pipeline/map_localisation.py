@@ -17,7 +17,13 @@ import torch
 
 from pipeline.datasets.index import IndexRecord
 from pipeline.stores import InversionStore
-from spade_core.diffusion.localisation import LocalisationQuery, merge_scores, score_queries, summarise
+from spade_core.diffusion.localisation import (
+    LocalisationQuery,
+    category_masks,
+    merge_scores,
+    score_queries,
+    summarise,
+)
 from spade_core.diffusion.prompts import ROLE_OBJECT, ROLE_PREDICATE, ROLE_SUBJECT
 
 
@@ -27,7 +33,7 @@ def stored_queries(record: IndexRecord, roles: np.ndarray, triplet_index: np.nda
     if not kept:
         return []
     masks = torch.from_numpy(record.load_panoptic())
-    cats = record.category_ids
+    targets = category_masks(masks, record.category_ids)
     queries = []
     for k in kept:
         if k >= len(record.relations):
@@ -36,9 +42,8 @@ def stored_queries(record: IndexRecord, roles: np.ndarray, triplet_index: np.nda
         s, o, _ = record.relations[k]
         for role, seg in ((ROLE_SUBJECT, s), (ROLE_OBJECT, o)):
             tokens = np.flatnonzero((triplet_index == k) & (roles == role)).tolist()
-            same = [i for i, c in enumerate(cats) if c == cats[seg]]
             if tokens and masks[seg].any():
-                queries += [LocalisationQuery("entity", tokens, masks[same].any(0)),
+                queries += [LocalisationQuery("entity", tokens, targets[seg]),
                             LocalisationQuery("entity-instance", tokens, masks[seg])]
         tokens = np.flatnonzero((triplet_index == k) & (roles == ROLE_PREDICATE)).tolist()
         if tokens and (masks[s] | masks[o]).any():

@@ -45,7 +45,13 @@ import torch
 from pipeline.datasets.classes import ClassLists, load_class_lists
 from pipeline.datasets.synthetic import THING_STYLES, Scene, generate_scene
 from spade_core.diffusion.inversion import teacher_maps
-from spade_core.diffusion.localisation import LocalisationQuery, merge_scores, score_queries, summarise
+from spade_core.diffusion.localisation import (
+    LocalisationQuery,
+    category_masks,
+    merge_scores,
+    score_queries,
+    summarise,
+)
 from spade_core.diffusion.models import (
     DiffusionModels,
     build_tiny_diffusion_models,
@@ -181,15 +187,15 @@ def localisation_queries(scene: Scene, prompt: RelationPrompt, tokenizer: Any) -
     Kind ``phrase-instance`` scores the phrase against the one instance of the triplet only (stricter: the
     caption's word order is the only cue to which box is meant)."""
     cats = [s["category_id"] for s in scene.segments_info]
-    masks = [torch.from_numpy(scene.id_map == s["id"]) for s in scene.segments_info]
-    category_masks = {c: torch.stack([m for m, c2 in zip(masks, cats) if c2 == c]).any(0) for c in set(cats)}
+    masks = torch.stack([torch.from_numpy(scene.id_map == s["id"]) for s in scene.segments_info])
+    targets = category_masks(masks, cats)
     names = load_class_lists("synthetic").object_names
     queries = []
     for k in range(prompt.num_triplets_kept):
         s, o, _ = scene.relations[k]
         for seg, role in ((s, ROLE_SUBJECT), (o, ROLE_OBJECT)):
             tokens = torch.nonzero(prompt.token_mask(k, role))[:, 0].tolist()
-            name, target = names[cats[seg]], category_masks[cats[seg]]
+            name, target = names[cats[seg]], targets[seg]
             if name in THING_STYLES:
                 n_colour = _word_pieces(tokenizer, name.split()[0])
                 queries += [LocalisationQuery("colour", tokens[:n_colour], target),

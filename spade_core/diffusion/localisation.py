@@ -8,12 +8,14 @@ A token's map [ha, wa] is bilinearly resized to the mask's size [H, W] first.
 
 A query is one token kind for one object in one prompt: the map of a phrase (or any multi-token span) is the
 mean of its tokens' maps. :func:`score_queries` averages hits and IoUs per kind (e.g. ``colour``, ``shape``,
-``phrase``, ``predicate``).
+``phrase``, ``predicate``). A word names a category, not an instance: :func:`category_masks` gives each segment
+the union of all segments of its category, the target of the pointing game's rule (a hit on any instance).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +31,17 @@ class LocalisationQuery:
     kind: str
     tokens: list[int]
     mask: Tensor
+
+
+def category_masks(masks: Tensor, categories: Sequence[int]) -> Tensor:
+    """masks [S, H, W] bool of S segments, ``categories`` [S] -> [S, H, W] bool: segment i's entry is the union
+    of the masks of every segment whose category equals segment i's."""
+    if masks.ndim != 3 or masks.shape[0] != len(categories):
+        raise ValueError(f"masks must be [S, H, W] with one category per segment, got {tuple(masks.shape)} "
+                         f"and {len(categories)} categories")
+    cats = torch.as_tensor(list(categories))
+    same = (cats[:, None] == cats[None, :]).float()  # [S, S]
+    return (same @ masks.flatten(1).float() > 0).view(masks.shape)
 
 
 def _resize(maps: Tensor, size: tuple[int, int]) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 
 from spade_core.diffusion.localisation import (
     LocalisationQuery,
+    category_masks,
     merge_scores,
     pointing_hits,
     score_queries,
@@ -78,3 +79,11 @@ def test_score_queries_averages_phrase_tokens_per_kind():
     s = summarise(total)
     assert s["phrase"]["n"] == 4 and s["shape"]["pointing"] == 0.0 and s["colour"]["pointing"] == 1.0
     assert 0.0 < s["phrase"]["iou"] < 1.0
+
+
+def test_category_masks_unite_the_instances_of_each_category():
+    a, b, c = _mask(8, 0, 2, 0, 2), _mask(8, 4, 6, 4, 6), _mask(8, 0, 2, 6, 8)
+    out = category_masks(torch.stack([a, b, c]), [5, 7, 5])  # segments 0 and 2 share category 5
+    assert torch.equal(out[0], a | c) and torch.equal(out[2], a | c) and torch.equal(out[1], b)
+    with pytest.raises(ValueError, match="one category per segment"):
+        category_masks(torch.stack([a, b]), [5])
