@@ -92,3 +92,16 @@ def allreduce_grads(params: list[torch.nn.Parameter], ctx: DistContext, bucket: 
         torch_dist.all_reduce(flat)
         for g, v in zip(group, flat.split([g.numel() for g in group])):
             g.copy_(v.view_as(g))
+
+
+def reduce_sum(values: dict[str, float], ctx: DistContext, device: torch.device) -> dict[str, float]:
+    """Sum a dict of floats over ranks (like detectron2's ``comm.reduce_dict``, summing): every rank gets the
+    totals. The values travel as one float64 tensor on ``device`` (NCCL reduces CUDA tensors only, gloo CPU
+    ones), so the same call works on every backend. No-op for a single process."""
+    if not ctx.enabled or not values:
+        return dict(values)
+    if device.type != "cuda":
+        device = torch.device("cpu")
+    flat = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=device)
+    torch_dist.all_reduce(flat)
+    return dict(zip(values, flat.tolist()))
