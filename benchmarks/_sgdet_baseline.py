@@ -1,6 +1,6 @@
 """Straightforward SGDet evaluators used as speed baselines for ``spade_core.eval.evaluate``.
 
-Both follow ``PSG_EVAL_SPEC.md`` and return the same dict keys as ``evaluate`` (R@K, mR@K, per_predicate@K,
+Both follow ``docs/EVALUATION.md`` and return the same dict keys as ``evaluate`` (R@K, mR@K, per_predicate@K,
 num_images, predicate_counts):
 
 * ``evaluate_per_pair``: for every (prediction row, GT triplet) pair, compute the subject and object mask IoUs

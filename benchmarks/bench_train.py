@@ -27,10 +27,11 @@ def run_variant(variant: str, steps: int, batch: int, size: int, threads: int) -
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     from pipeline.features import FeatureCache, FrozenFeatures
+    from pipeline.params import Params
+    from pipeline.psg_model import build_psg_model
     from pipeline.student import build_student, student_config
     from spade_core.calibration.clip import build_tiny_clip, load_clip
     from spade_core.diffusion.models import build_tiny_diffusion_models, load_diffusion_models
-    from spade_core.psg.model import SpadePSG
 
     tmp = Path(tempfile.mkdtemp())
     build_tiny_diffusion_models(tmp / "diffusion", seed=0)
@@ -67,7 +68,8 @@ def run_variant(variant: str, steps: int, batch: int, size: int, threads: int) -
     else:
         def get(idx):
             return frozen(images[idx[0] : idx[-1] + 1])
-    model = SpadePSG(frozen.channels, Models.clip.embed_dim, hidden_dim=64, num_queries=16, use_pooled_logits=False)
+    defaults = Params()  # the model the train stage builds from the default params.yaml
+    model = build_psg_model(defaults.model, defaults.train, frozen.channels, Models.clip.embed_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     obj_text = torch.nn.functional.normalize(torch.randn(16, Models.clip.embed_dim), dim=-1)
     pred_text = torch.nn.functional.normalize(torch.randn(10, Models.clip.embed_dim), dim=-1)

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.datasets.index import IndexRecord
-from pipeline.images import to_tensor
+from pipeline.images import load_image_tensor
 from pipeline.stores import InversionStore
 
 HELDOUT_SALT = 0x5EED_4E1D  # separates the held-out choice from the epoch permutations of the same seed
@@ -200,7 +200,7 @@ class CalibrationDataset(Dataset):
     """Item ``i`` (a store index): ``image`` [3,S,S] float32 in [0,1], ``attn`` [T,ha,wa] float16 (the teacher
     maps), ``length`` int64 (prompt tokens), ``index`` int64.
 
-    ``records[i]`` is the image of store row ``i`` (``stages.invert.calibration_records()`` order). The store is
+    ``records[i]`` is the image of store row ``i`` (``pipeline.inversion.calibration_records()`` order). The store is
     opened lazily in each process; blocks are read whole and cached (LRU, ``cache_blocks`` entries).
     """
 
@@ -246,7 +246,7 @@ class CalibrationDataset(Dataset):
         b, off = divmod(int(i), self.block)
         data = self.read_block(b)
         return {
-            "image": to_tensor(self.records[i].load_image(), self.image_size),
+            "image": load_image_tensor(self.records[i], self.image_size),
             "attn": torch.from_numpy(np.ascontiguousarray(data["attn"][off])),
             "length": torch.tensor(int(data["lengths"][off]), dtype=torch.int64),
             "index": torch.tensor(int(i), dtype=torch.int64),

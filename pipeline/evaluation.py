@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.datasets.classes import read_data_file
+from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.tables import METRICS_SCHEMA, write_table
 from pipeline.visualise import plot_per_predicate_recall
 from spade_core.eval import boxes_from_masks, evaluate, novel_triplet_mask, restrict_gt, spatial_split
@@ -236,13 +236,6 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def metrics_json(summary: dict[str, Any], chance: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``metrics.json`` content: the summary's settings (no per-predicate rows), plus ``chance``."""
     out = {k: v for k, v in summary.items() if k in SETTINGS}
@@ -285,9 +278,9 @@ def write_outputs(
     all_rows = list(rows) + (metric_rows(chance, "chance_") if chance is not None else [])
     columns = {f.name: [r[f.name] for r in all_rows] for f in METRICS_SCHEMA}
     write_table(columns, METRICS_SCHEMA, out_dir / METRICS_PARQUET)
-    _write_atomic(metrics_json_path, json.dumps(metrics_json(summary, chance), indent=2) + "\n")
+    atomic_write_json(metrics_json_path, metrics_json(summary, chance), indent=2)
     if not rows:
         raise ValueError("rows is empty: nothing to write")
     k = max(int(r["k"]) for r in rows)
-    _write_atomic(plots_csv_path, per_predicate_csv(per_predicate, k))
+    atomic_write_text(plots_csv_path, per_predicate_csv(per_predicate, k))
     plot_per_predicate_recall(per_predicate, k, out_dir / PER_PREDICATE_PNG)

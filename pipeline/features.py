@@ -9,12 +9,9 @@ CLIP, calibrated weights, image list, size, blocks) and is rebuilt when any of i
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +19,7 @@ import torch.nn.functional as F
 import zarr
 
 from pipeline.images import vae_range
+from pipeline.io import replace_path, sweep_temps, temp_path
 from pipeline.models import LoadedModels
 from pipeline.student import Student, student_condition
 from spade_core.diffusion.models import encode_images
@@ -62,10 +60,6 @@ class FrozenFeatures:
         return feats, dense.float()
 
 
-def cache_identity(**parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class FeatureCache:
     """A Zarr group with arrays ``feat0..featK`` [N,C_l,h_l,w_l] (float16) and ``dense`` [N,E,h,w]."""
 
@@ -85,8 +79,8 @@ class FeatureCache:
 
     def build(self, compute, batches: Sequence[Sequence[int]], load_images, progress=None) -> None:
         """Fill the cache: ``compute(images) -> (feats, dense)``, ``load_images(indices) -> [B,3,S,S]``."""
-        tmp = self.location.with_name(self.location.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        sweep_temps(self.location)
+        tmp = temp_path(self.location)
         group = zarr.open_group(tmp, mode="w")
         arrays: list[zarr.Array] = []
         for idx in batches:
@@ -105,8 +99,7 @@ class FeatureCache:
             if progress is not None:
                 progress.update(len(idx))
         group.attrs.update({"identity": self.identity, "complete": True, "num_feats": len(arrays) - 1})
-        shutil.rmtree(self.location, ignore_errors=True)
-        tmp.rename(self.location)
+        replace_path(tmp, self.location)
         self.group = zarr.open_group(self.location, mode="r")
 
     def read(self, indices: Sequence[int]) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from pipeline.datasets.index import IndexRecord
 
 
 def to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
@@ -15,6 +21,16 @@ def to_tensor(image: np.ndarray, size: int) -> torch.Tensor:
     if x.shape[1:] != (size, size):
         x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     return x.clamp_(0.0, 1.0)
+
+
+def load_image_tensor(record: IndexRecord, size: int) -> torch.Tensor:
+    """A dataset record's image, decoded and resized: [3,size,size] float32 in [0,1] (:func:`to_tensor`)."""
+    return to_tensor(record.load_image(), size)
+
+
+def load_images(records: Sequence[IndexRecord], size: int) -> torch.Tensor:
+    """A batch of dataset records' images: [B,3,size,size] float32 in [0,1]."""
+    return torch.stack([load_image_tensor(r, size) for r in records])
 
 
 def vae_range(images: torch.Tensor) -> torch.Tensor:

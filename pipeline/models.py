@@ -24,6 +24,8 @@ from typing import Any
 import torch
 
 from pipeline import paths
+from pipeline.hashing import file_digest
+from pipeline.io import atomic_write_json
 from spade_core.calibration.clip import ClipModels, build_tiny_clip, load_clip
 from spade_core.diffusion.models import (
     COMPONENTS,
@@ -63,28 +65,6 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
-def _file_identity(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def tree_identity(root: Path) -> str:
-    """Content hash of every file under ``root`` (names and bytes), e.g. the calibrated student's folder."""
-    import hashlib
-
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"{root} does not exist")
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(f.relative_to(root).as_posix().encode())
-        h.update(_file_identity(f).encode())
-    return h.hexdigest()[:16]
 
 
 def copy_embedded_teacher(dest: Path, source: Path = paths.TEACHER_WEIGHTS) -> Path:
@@ -127,7 +107,7 @@ def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str,
         diffusion = {"path": str(sd), "relative": False}
         clip = {"arch": model_params.clip_arch, "checkpoint": str(ckpt), "relative": False}
     diffusion["identity"] = model_identity(diff_dir)
-    clip["identity"] = _file_identity(Path(clip_ckpt))
+    clip["identity"] = file_digest(Path(clip_ckpt))
     manifest = {
         "preset": preset,
         "seed": model_params.seed,
@@ -135,7 +115,7 @@ def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str,
         "diffusion": diffusion,
         "clip": clip,
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(out_dir / "manifest.json", manifest, sort_keys=True)
     return manifest
 
 

@@ -4,6 +4,10 @@ Every stage reads its parameters through :func:`load_params`, which validates th
 :class:`Params` (pydantic v2): unknown keys, wrong types and out-of-range values fail at load time with a
 message naming the dotted key and the constraint. A stage then sees only the keys it declares (see
 :class:`ScopedParams`), so ``dvc.yaml`` can list exactly the parameters each stage depends on.
+
+This schema is the one source of default parameter values: its defaults equal the committed ``params.yaml``
+(``tests/pipeline/test_params.py`` keeps them equal), and the model configs built from it
+(``pipeline.psg_model.psg_config``) take every value they expose from here.
 """
 
 from __future__ import annotations
@@ -73,7 +77,7 @@ class ModelParams(_Section):
     relation: RelationParams = RelationParams()
     alpha: float = Field(0.34, ge=0.0, le=1.0)
     use_diffusion_logits: bool = True
-    use_pooled_logits: bool = True
+    use_pooled_logits: bool = False
 
     @model_validator(mode="after")
     def _weights(self) -> ModelParams:
@@ -148,9 +152,9 @@ class LossWeights(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-4, gt=0, le=1.0)
+    lr: float = Field(1e-3, gt=0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0)
     lr_drop_at: float = Field(0.75, gt=0, le=1.0)
     grad_clip: float = Field(1.0, gt=0)
@@ -158,7 +162,6 @@ class TrainParams(_Section):
     no_object_weight: float = Field(0.1, gt=0, le=1.0)
     use_rqc: bool = True
     cache_features: bool = True
-    num_workers: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
 
 

@@ -1,6 +1,6 @@
 """Vocabularies and training targets of the PSG model, from the prepared index.
 
-Open-vocabulary protocol (DESIGN §4.3): under ``ovr`` relations with a novel predicate are removed from the
+Open-vocabulary protocol (docs/DESIGN.md §4.3.7): under ``ovr`` relations with a novel predicate are removed from the
 training targets, under ``ovdr`` also every instance of a novel object class (its segment is dropped from the
 targets, with its relations). Training classifies against the *base* vocabulary only; at test time the text
 embeddings of *all* classes are used, so novel categories can be predicted.
@@ -8,16 +8,14 @@ embeddings of *all* classes are used, so novel categories can be predicted.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import paths
+from pipeline.datasets.classes import ClassLists
 from pipeline.datasets.index import IndexRecord
-from pipeline.datasets.splits import Split, read_split_file, training_relations
+from pipeline.datasets.splits import Split, training_relations
 
 
 @dataclass(frozen=True)
@@ -39,22 +37,14 @@ class Vocabulary:
         return {k: list(v) for k, v in self.__dict__.items()}
 
 
-def read_classes(path: Path = paths.CLASSES_JSON) -> dict:
-    return json.loads(Path(path).read_text())
-
-
-def vocabularies(classes: dict, split: Split) -> tuple[Vocabulary, Vocabulary]:
-    """(training vocabulary = base classes, test vocabulary = all classes)."""
-    objs, preds = classes["object_names"], classes["predicate_names"]
+def vocabularies(classes: ClassLists, split: Split) -> tuple[Vocabulary, Vocabulary]:
+    """(training vocabulary = base classes, test vocabulary = all classes) of a prepared dataset's label spaces."""
+    objs, preds = list(classes.object_names), list(classes.predicate_names)
     full = Vocabulary(tuple(range(len(objs))), tuple(objs), tuple(range(len(preds))), tuple(preds))
     base_o = tuple(i for i in range(len(objs)) if i not in split.novel_objects)
     base_p = tuple(i for i in range(len(preds)) if i not in split.novel_predicates)
     base = Vocabulary(base_o, tuple(objs[i] for i in base_o), base_p, tuple(preds[i] for i in base_p))
     return base, full
-
-
-def load_split() -> Split:
-    return read_split_file(paths.SPLIT_JSON)
 
 
 def training_target(record: IndexRecord, split: Split, vocab: Vocabulary) -> dict[str, torch.Tensor]:

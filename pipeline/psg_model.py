@@ -1,4 +1,10 @@
-"""Load the trained PSG model and run it on images (shared by ``evaluate`` and ``spade predict``)."""
+"""The PSG model of the pipeline: built from the params (``train``), saved, loaded back and run on images
+(``evaluate`` and ``spade predict``).
+
+:func:`psg_config` is the one mapping from ``params.yaml`` (``model`` + ``train`` sections) to
+``spade_core.psg.SpadePSGConfig``; ``artifacts/train/config.json`` records that config (``"model"``) next to
+the stage's metadata, and :func:`load_trained` rebuilds the model from it.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,89 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from pipeline import paths
 from pipeline.features import FrozenFeatures
-from pipeline.models import LoadedModels, tree_identity
+from pipeline.hashing import tree_digest
+from pipeline.io import atomic_dir
+from pipeline.models import LoadedModels
+from pipeline.params import ModelParams, TrainParams
 from pipeline.student import load_student
 from spade_core.calibration.clip import OBJECT_TEMPLATES, PREDICATE_TEMPLATES, encode_text
+from spade_core.psg.config import (
+    ArchitectureConfig,
+    CriterionConfig,
+    InferenceConfig,
+    PSGLossWeights,
+    SpadePSGConfig,
+)
 from spade_core.psg.model import SpadePSG
+
+
+def psg_config(
+    model: ModelParams, train: TrainParams, feature_channels: Sequence[int], clip_dim: int
+) -> SpadePSGConfig:
+    """The ``SpadePSGConfig`` of the params: every field the params expose comes from them (the design
+    constants keep ``spade_core``'s defaults). ``feature_channels`` / ``clip_dim``: of the frozen features."""
+    return SpadePSGConfig(
+        architecture=ArchitectureConfig(
+            feature_channels=tuple(int(c) for c in feature_channels),
+            clip_dim=int(clip_dim),
+            hidden_dim=model.hidden_dim,
+            num_queries=model.num_queries,
+            num_heads=model.num_heads,
+            decoder_layers=model.decoder_layers,
+            rgt_blocks=model.rgt.num_blocks,
+            use_lcnl=model.rgt.use_lcnl,
+            use_lcnnl=model.rgt.use_lcnnl,
+            use_lcl=model.rgt.use_lcl,
+            graph_dilation=model.graph.dilation,
+            semantic_threshold=model.graph.semantic_threshold,
+            eta=model.relation.eta,
+            max_pairs=model.relation.max_pairs,
+        ),
+        criterion=CriterionConfig(
+            use_rqc=train.use_rqc,
+            no_object_weight=train.no_object_weight,
+            loss_weights=PSGLossWeights(
+                rel=train.loss_weights.rel, rqc=train.loss_weights.rqc, mask=train.loss_weights.mask
+            ),
+        ),
+        inference=InferenceConfig(
+            alpha=model.alpha,
+            use_diffusion_logits=model.use_diffusion_logits,
+            use_pooled_logits=model.use_pooled_logits,
+        ),
+    )
+
+
+def build_psg_model(model: ModelParams, train: TrainParams, feature_channels: list[int], clip_dim: int) -> SpadePSG:
+    """A freshly initialised ``SpadePSG`` for the params (initialisation draws from the global torch RNG)."""
+    return SpadePSG(psg_config(model, train, feature_channels, clip_dim))
+
+
+MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+
+
+def save_trained(train_dir: Path, model: SpadePSG, meta: dict) -> None:
+    """Write ``train_dir/{model.safetensors, config.json}`` atomically (the folder appears whole or not at all).
+
+    ``config.json`` = ``{"model": model.config.to_dict(), **meta}``; the train stage's ``meta`` holds
+    feature_blocks, pixel_stride, feature_channels, clip_dim, image_size, train_vocabulary,
+    test_vocabulary, split, identity, steps (:func:`load_trained` needs identity, feature_blocks,
+    pixel_stride; ``evaluate`` / ``predict`` image_size).
+    """
+    if "model" in meta:
+        raise ValueError("save_trained: meta must not have a 'model' key (it is the model's config)")
+    missing = [k for k in ("identity", "feature_blocks", "pixel_stride", "image_size") if k not in meta]
+    if missing:
+        raise ValueError(f"save_trained: meta lacks {missing}, which loading the model needs")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    text = json.dumps({"model": model.config.to_dict(), **meta}, indent=2) + "\n"  # fails before any write
+    with atomic_dir(train_dir) as tmp:
+        save_file(state, str(tmp / MODEL_FILE))
+        (tmp / CONFIG_FILE).write_text(text)
 
 
 @dataclass
@@ -51,14 +132,14 @@ class TrainedPSG:
 def load_trained(
     models: LoadedModels, train_dir: Path = paths.TRAIN, calibrate_dir: Path = paths.CALIBRATE
 ) -> TrainedPSG:
-    config_path = Path(train_dir) / "config.json"
+    config_path = Path(train_dir) / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: run the `train` stage first (dvc repro train)")
     config = json.loads(config_path.read_text())
     current = {
         "teacher": models.teacher_identity,
         "clip": models.clip_identity,
-        "student": tree_identity(Path(calibrate_dir)),
+        "student": tree_digest(Path(calibrate_dir)),
     }
     for key, value in current.items():
         if config["identity"][key] != value:
@@ -68,8 +149,18 @@ def load_trained(
             )
     student = load_student(models, calibrate_dir)
     features = FrozenFeatures(models, student, config["feature_blocks"], config.get("pixel_stride"))
-    model = SpadePSG(**config["model"])
+    try:
+        psg = SpadePSGConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: not a model config this code can build ({err}); rerun `train`") from None
+    arch = psg.architecture
+    if list(arch.feature_channels) != list(features.channels) or arch.clip_dim != models.clip.embed_dim:
+        raise ValueError(
+            f"{config_path}: trained on features {list(arch.feature_channels)} / CLIP width {arch.clip_dim}, "
+            f"but the loaded models give {list(features.channels)} / {models.clip.embed_dim}; rerun `train`"
+        )
+    model = SpadePSG(psg)
     device = next(student.unet.parameters()).device
-    model.load_state_dict(load_file(str(Path(train_dir) / "model.safetensors")))
+    model.load_state_dict(load_file(str(Path(train_dir) / MODEL_FILE)))
     model.to(device).eval()
     return TrainedPSG(model=model, features=features, config=config, models=models)

@@ -24,13 +24,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 import zarr
 from zarr.storage import StoreLike
+
+from pipeline.hashing import bytes_digest
+
+if TYPE_CHECKING:
+    from spade_core.diffusion.prompts import RelationPrompt
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,8 @@ class InversionStore:
         """
         if len(image_ids) != geometry.num_images:
             raise ValueError(f"{len(image_ids)} image ids for a store of {geometry.num_images} images")
-        full = _jsonable({**settings, "geometry": geometry.__dict__, "image_ids_hash": _ids_hash(image_ids)})
+        ids_hash = bytes_digest("\n".join(image_ids).encode())
+        full = _jsonable({**settings, "geometry": geometry.__dict__, "image_ids_hash": ids_hash})
         opts = {"storage_options": storage_options} if storage_options else {}
         try:
             group = zarr.open_group(location, mode="r+", **opts)
@@ -242,7 +249,29 @@ class InversionStore:
         self.group.attrs["manifest"] = _jsonable({"num_shards": self.geometry.num_shards, **(extra or {})})
 
 
-def _ids_hash(image_ids: list[str]) -> str:
-    import hashlib
+def prompt_rows(prompts: Sequence[RelationPrompt]) -> dict[str, np.ndarray]:
+    """The stored rows of a batch of relation prompts: ``tokens``, ``roles``, ``triplet_index``, ``lengths``."""
+    return {
+        "tokens": torch.stack([q.token_ids for q in prompts]).numpy(),
+        "roles": torch.stack([q.role for q in prompts]).numpy(),
+        "triplet_index": torch.stack([q.triplet_index for q in prompts]).numpy(),
+        "lengths": np.array([q.length for q in prompts]),
+    }
 
-    return hashlib.sha256("\n".join(image_ids).encode()).hexdigest()[:16]
+
+class ShardWriter:
+    """Collects the rows of one shard batch by batch (any subset of :data:`ARRAY_SPECS` per call), then
+    writes them as one block with :meth:`InversionStore.write_shard` (which marks the shard complete)."""
+
+    def __init__(self, store: InversionStore, shard: int) -> None:
+        self.store, self.shard = store, shard
+        self._parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAY_SPECS}
+
+    def add(self, rows: dict[str, np.ndarray]) -> None:
+        for name, block in rows.items():
+            if name not in self._parts:
+                raise KeyError(f"shard {self.shard}: {name!r} is not a store array")
+            self._parts[name].append(block)
+
+    def write(self) -> None:
+        self.store.write_shard(self.shard, {name: np.concatenate(blocks) for name, blocks in self._parts.items()})

@@ -21,16 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline import paths
 from pipeline.images import vae_range
+from pipeline.io import atomic_dir
 from pipeline.models import LoadedModels
 from spade_core.calibration import (
     ImplicitCaptioner,
     load_adapter,
     load_lora_state_dict,
+    lora_state_dict,
+    save_adapter,
     set_calibration_mode,
 )
 from spade_core.calibration.clip import ClipModels
@@ -91,6 +94,19 @@ def student_config(
     }
 
 
+def make_captioner(models: LoadedModels, config: dict[str, Any],
+                   init_tokens: torch.Tensor | None = None) -> ImplicitCaptioner:
+    """The implicit captioner ``MLP(CLIP_image(x))`` (paper eq. 4) of a ``student.json`` config, on the CPU."""
+    return ImplicitCaptioner(
+        models.clip.model,
+        models.clip.embed_dim,
+        num_tokens=config["num_tokens"],
+        cross_attention_dim=config["cross_attention_dim"],
+        hidden_dim=config["hidden_dim"],
+        init_tokens=init_tokens,
+    )
+
+
 def _fork_rng_devices(device: torch.device) -> list[int]:
     return [device.index or 0] if device.type == "cuda" else []
 
@@ -111,16 +127,23 @@ def build_student(models: LoadedModels, config: dict[str, Any]) -> tuple[Student
         if config["mode"] == "lora":  # LoRA weights train in float32 whatever the UNet dtype
             for p in params:
                 p.data = p.data.float()
-        captioner = ImplicitCaptioner(
-            models.clip.model,
-            models.clip.embed_dim,
-            num_tokens=config["num_tokens"],
-            cross_attention_dim=config["cross_attention_dim"],
-            hidden_dim=config["hidden_dim"],
-            init_tokens=empty_prompt_tokens(models),
-        ).to(device)
+        captioner = make_captioner(models, config, init_tokens=empty_prompt_tokens(models)).to(device)
     student = Student(unet=unet, captioner=captioner, clip=models.clip, vae=models.diffusion.vae, config=config)
     return student, params
+
+
+def save_student(out_dir: str | Path, student: Student) -> Path:
+    """Write the student's trainable parts and ``student.json`` into ``out_dir`` atomically (the layout in the
+    module docstring); :func:`load_student` reads it back."""
+    mode = student.config["mode"]
+    with atomic_dir(out_dir) as tmp:
+        save_adapter(student.captioner, tmp / "adapter.safetensors")
+        if mode == "lora":
+            save_file(lora_state_dict(student.unet), str(tmp / "lora.safetensors"))
+        elif mode == "full":
+            student.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        (tmp / "student.json").write_text(json.dumps(student.config, indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)
 
 
 def load_student(models: LoadedModels, calibrate_dir: str | Path = paths.CALIBRATE) -> Student:
@@ -150,13 +173,7 @@ def load_student(models: LoadedModels, calibrate_dir: str | Path = paths.CALIBRA
         unet = UNet2DConditionModel.from_pretrained(calibrate_dir / "unet", local_files_only=True, torch_dtype=dtype)
         unet.to(device)
     unet.requires_grad_(False).eval()
-    captioner = ImplicitCaptioner(
-        models.clip.model,
-        models.clip.embed_dim,
-        num_tokens=config["num_tokens"],
-        cross_attention_dim=config["cross_attention_dim"],
-        hidden_dim=config["hidden_dim"],
-    )
+    captioner = make_captioner(models, config)
     load_adapter(captioner, calibrate_dir / "adapter.safetensors")
     captioner.to(device).requires_grad_(False).eval()
     return Student(unet=unet, captioner=captioner, clip=models.clip, vae=models.diffusion.vae, config=config)

@@ -16,6 +16,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
+from pipeline.io import atomic_write_bytes
+from spade_core.eval import boxes_from_masks
+
+__all__ = [
+    "METRICS_SCHEMA",
+    "TRIPLETS_SCHEMA",
+    "boxes_from_masks",  # spade_core.eval's, re-exported for stages/predict.py
+    "concat_columns",
+    "decode_rle",
+    "encode_rle",
+    "read_table",
+    "triplet_rows",
+    "write_table",
+]
+
 TRIPLETS_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
@@ -62,16 +77,6 @@ def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
     return mask_utils.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
 
 
-def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """bool [N,H,W] -> float32 [N,4] xyxy (pixel-exclusive right/bottom); empty mask -> zeros."""
-    boxes = np.zeros((len(masks), 4), dtype=np.float32)
-    for i, m in enumerate(masks):
-        ys, xs = np.nonzero(m)
-        if len(xs):
-            boxes[i] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    return boxes
-
-
 def triplet_rows(
     image_id: str,
     masks: np.ndarray,
@@ -108,10 +113,9 @@ def triplet_rows(
 
 def write_table(columns: dict[str, list[Any]], schema: pa.Schema, path: Path) -> None:
     """Write atomically (temporary file + rename) with the explicit schema."""
-    table = pa.Table.from_pydict(columns, schema=schema)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pydict(columns, schema=schema), buf)
+    atomic_write_bytes(path, buf.getvalue().to_pybytes())
 
 
 def read_table(path: Path, schema: pa.Schema) -> pa.Table:

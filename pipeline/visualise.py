@@ -6,6 +6,7 @@ DejaVu Sans (same glyphs on every machine), falling back to PIL's default font.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.io import atomic_write_bytes
 
 PALETTE = np.array(
     [
@@ -222,11 +225,9 @@ def render_comparison(
 
 def save_png(array: np.ndarray, path: Path | str) -> None:
     """Write a uint8 ``[H, W, 3]`` array as PNG, atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp, format="PNG")
-    tmp.replace(path)
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_per_predicate_recall(per_predicate: Sequence[dict[str, Any]], k: int, path: Path | str) -> None:
@@ -252,8 +253,6 @@ def plot_per_predicate_recall(per_predicate: Sequence[dict[str, Any]], k: int, p
             fontsize=7,
         )
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())

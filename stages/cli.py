@@ -1,8 +1,6 @@
-"""The ``spade`` command line: one sub-command per DVC stage plus the user commands.
-
-Stage commands call the same ``run`` functions as ``python -m stages.<name>`` (which is what ``dvc.yaml``
-runs). Heavy imports happen inside the commands so that ``spade --help`` stays fast.
-"""
+"""The ``spade`` command line: one sub-command per DVC stage (``stages.<name>`` imported lazily and run like
+``python -m stages.<name>``, see :mod:`pipeline.runner`) plus the user commands. Heavy imports happen inside the
+commands so that ``spade --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -13,64 +11,27 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(
-    help="SPADE pipeline: prepare -> models -> invert -> calibrate -> train -> evaluate.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+from pipeline.runner import exit_on, launch_torchrun, run_stage
+
+app = typer.Typer(help="SPADE pipeline: prepare -> models -> invert -> calibrate -> train -> evaluate.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
 params_app = typer.Typer(help="Inspect and validate params.yaml.", no_args_is_help=True)
 app.add_typer(params_app, name="params")
 
 PARAMS_OPTION = typer.Option("params.yaml", "--params", "-p", help="Parameter file to read.")
+NPROC_OPTION = typer.Option(None, "--nproc", envvar="SPADE_NPROC",
+                            help="Run under `torchrun --standalone` with N processes.")
 
 STAGES = ("prepare", "models", "invert", "calibrate", "train", "evaluate")
-
-
-def run_stage(name: str, params_file: str) -> None:
-    """Import ``stages.<name>`` and run it with its declared parameters from ``params_file``."""
-    from pipeline.params import ParamsError, stage_params
-
-    module = importlib.import_module(f"stages.{name}")
-    try:
-        params = stage_params(module.PARAMS, params_file)
-    except ParamsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(2) from None
-    module.run(params)
-
-
-NPROC_OPTION = typer.Option(
-    None, "--nproc", envvar="SPADE_NPROC", help="Run under `torchrun --standalone` with N processes."
-)
-
-
-def launch_torchrun(name: str, params_file: str, nproc: int) -> int:
-    """Re-run ``python -m stages.<name>`` under ``torchrun --standalone --nproc_per_node nproc``."""
-    import subprocess
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        f"stages.{name}",
-        "--params",
-        params_file,
-    ]
-    env = {**os.environ, "SPADE_NPROC": ""}
-    return subprocess.call(cmd, env=env)
 
 
 def _make_stage_command(name: str) -> None:
     def command(params: str = PARAMS_OPTION, nproc: int | None = NPROC_OPTION) -> None:
         if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
             raise typer.Exit(launch_torchrun(name, params, nproc))
-        run_stage(name, params)
+        run_stage(importlib.import_module(f"stages.{name}"), params)
 
-    command.__doc__ = f"Run the `{name}` stage (same as `python -m stages.{name}`)."
-    app.command(name)(command)
+    app.command(name, help=f"Run the `{name}` stage (same as `python -m stages.{name}`).")(command)
 
 
 for _name in STAGES:
@@ -82,11 +43,8 @@ def params_check(file: Path = typer.Argument(Path("params.yaml"), help="Paramete
     """Validate FILE against the schema; print every problem with its key."""
     from pipeline.params import ParamsError, load_params
 
-    try:
+    with exit_on(ParamsError, prefix=""):
         load_params(file)
-    except ParamsError as err:
-        typer.echo(str(err), err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"{file}: ok")
 
 
@@ -112,11 +70,8 @@ def predict_command(
     """Scene graphs for any images with the trained model (optionally with your own vocabulary)."""
     from stages.predict import predict_files
 
-    try:
+    with exit_on(FileNotFoundError, ValueError):
         written = predict_files(images, out, objects, predicates, top_k, max_triplets)
-    except (FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"wrote {len(written)} scene graphs to {out}/")
 
 
@@ -126,13 +81,10 @@ def report_command(
     experiments: bool = typer.Option(True, help="Add an ablation table from `dvc exp show`."),
 ) -> None:
     """Markdown tables shaped like the paper's Tables 1 and 4 (and an ablation table over DVC experiments)."""
-    from stages.report import run_report
+    from pipeline.reporting import run_report
 
-    try:
+    with exit_on(FileNotFoundError):
         typer.echo(run_report(out=out, with_experiments=experiments))
-    except FileNotFoundError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command("inspect-maps")
@@ -143,11 +95,8 @@ def inspect_maps_command(
     """Render an image with its stored teacher maps per triplet role (subject / predicate / object)."""
     from stages.inspect_maps import inspect_maps
 
-    try:
+    with exit_on(KeyError, ValueError, FileNotFoundError):
         typer.echo(str(inspect_maps(image_id, out)))
-    except (KeyError, ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command("train-teacher")
@@ -181,24 +130,8 @@ def teacher_report_command(
     """Pointing game and top-k IoU of the teacher's maps per token kind, trained vs init, plus a PNG grid."""
     from stages.teacher_report import run
 
-    try:
+    with exit_on(FileNotFoundError, ValueError, KeyError):
         run(weights, out, num_scenes=num_scenes, grid_scenes=grid_scenes, store=store)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
-
-
-def run_stage_main(name: str) -> None:
-    """``python -m stages.<name> [--params FILE]``: the entry DVC calls."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
-    parser.add_argument("--params", "-p", default="params.yaml")
-    args = parser.parse_args()
-    try:
-        run_stage(name, args.params)
-    except typer.Exit as ex:
-        sys.exit(ex.exit_code)
 
 
 def main() -> None:

@@ -10,18 +10,18 @@ per_predicate_recall.png,visualisations/}``, ``artifacts/metrics.json`` (DVC met
 
 from __future__ import annotations
 
-import shutil
-
-import torch
 from tqdm import tqdm
 
 from pipeline import paths
+from pipeline.datasets.classes import read_classes
 from pipeline.datasets.index import read_index
+from pipeline.datasets.splits import read_split_file
 from pipeline.evaluation import chance_baseline, compute_metrics, load_spatial_predicates, write_outputs
-from pipeline.images import to_tensor
+from pipeline.images import load_images
+from pipeline.io import atomic_dir
 from pipeline.models import load_models, resolve_device
 from pipeline.params import ScopedParams
-from pipeline.psg_data import ground_truth, load_split, read_classes
+from pipeline.psg_data import ground_truth
 from pipeline.psg_model import load_trained
 from pipeline.tables import TRIPLETS_SCHEMA, concat_columns, triplet_rows, write_table
 from pipeline.visualise import render_comparison, save_png
@@ -34,9 +34,9 @@ def run(p: ScopedParams) -> None:
     device = resolve_device(p.model.device)
     models = load_models(paths.MODELS, device=str(device), dtype=p.model.dtype)
     trained = load_trained(models)
-    classes = read_classes()
-    split = load_split()
-    object_names, predicate_names = classes["object_names"], classes["predicate_names"]
+    classes = read_classes(paths.CLASSES_JSON)
+    split = read_split_file(paths.SPLIT_JSON)
+    object_names, predicate_names = list(classes.object_names), list(classes.predicate_names)
     obj_text, pred_text = trained.vocabulary_embeddings(object_names, predicate_names)
     records = read_index(paths.index_path("test"))
     size = trained.config["image_size"]
@@ -44,7 +44,7 @@ def run(p: ScopedParams) -> None:
     preds: list[dict] = []
     for b in tqdm(range(0, len(records), ev.batch_size), desc="evaluate", unit="batch"):
         batch = records[b : b + ev.batch_size]
-        images = torch.stack([to_tensor(r.load_image(), size) for r in batch])
+        images = load_images(batch, size)
         preds += trained.predict(images, [(r.height, r.width) for r in batch], obj_text, pred_text, ev.max_triplets)
     gts = [ground_truth(r) for r in records]
     pred_images = [{"masks": q["masks"], "labels": q["labels"], "triplets": q["triplets"]} for q in preds]
@@ -62,23 +62,20 @@ def run(p: ScopedParams) -> None:
     rows, summary = compute_metrics(gts, pred_images, **common)
     chance = chance_baseline(gts, pred_images, rng_seed=0, max_triplets=ev.max_triplets, **common)
 
-    tmp = paths.EVALUATE.with_name(paths.EVALUATE.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "visualisations").mkdir(parents=True)
-    columns = concat_columns(
-        [
-            triplet_rows(r.image_id, q["masks"], q["labels"], q["triplets"], object_names, predicate_names)
-            for r, q in zip(records, preds)
-        ],
-        TRIPLETS_SCHEMA,
-    )
-    write_table(columns, TRIPLETS_SCHEMA, tmp / "triplets.parquet")
-    for r, q, g in list(zip(records, preds, gts))[: ev.num_visualisations]:
-        picture = render_comparison(r.load_image(), g, q, object_names, predicate_names, title=r.image_id)
-        save_png(picture, tmp / "visualisations" / f"{r.image_id}.png")
-    write_outputs(tmp, rows, summary, None, paths.EVALUATE_METRICS, paths.EVALUATE_PLOTS, chance=chance)
-    shutil.rmtree(paths.EVALUATE, ignore_errors=True)
-    tmp.rename(paths.EVALUATE)
+    with atomic_dir(paths.EVALUATE) as tmp:
+        (tmp / "visualisations").mkdir()
+        columns = concat_columns(
+            [
+                triplet_rows(r.image_id, q["masks"], q["labels"], q["triplets"], object_names, predicate_names)
+                for r, q in zip(records, preds)
+            ],
+            TRIPLETS_SCHEMA,
+        )
+        write_table(columns, TRIPLETS_SCHEMA, tmp / "triplets.parquet")
+        for r, q, g in list(zip(records, preds, gts))[: ev.num_visualisations]:
+            picture = render_comparison(r.load_image(), g, q, object_names, predicate_names, title=r.image_id)
+            save_png(picture, tmp / "visualisations" / f"{r.image_id}.png")
+        write_outputs(tmp, rows, summary, None, paths.EVALUATE_METRICS, paths.EVALUATE_PLOTS, chance=chance)
     closed = summary["closed"]
     print(
         "evaluate: "
@@ -88,6 +85,6 @@ def run(p: ScopedParams) -> None:
 
 
 if __name__ == "__main__":
-    from stages.cli import run_stage_main
+    from pipeline.runner import stage_main
 
-    run_stage_main("evaluate")
+    stage_main("evaluate", PARAMS, run)

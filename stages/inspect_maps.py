@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pipeline import paths
+from pipeline.datasets.classes import read_classes
 from pipeline.datasets.index import read_index
-from pipeline.psg_data import read_classes
 from pipeline.stores import InversionStore
 from spade_core.diffusion.prompts import ROLE_NAMES, ROLE_OBJECT, ROLE_PREDICATE, ROLE_SUBJECT
 
@@ -36,8 +36,8 @@ def inspect_maps(image_id: str, out: Path | None = None, max_triplets: int = 6) 
     i = ids.index(image_id)
     data = store.read(i, i + 1)
     record = next(r for r in read_index(paths.index_path("train")) if r.image_id == image_id)
-    classes = read_classes()
-    names, preds = classes["object_names"], classes["predicate_names"]
+    classes = read_classes(paths.CLASSES_JSON)
+    names, preds = classes.object_names, classes.predicate_names
     image = record.load_image()
     triplets = sorted(set(int(t) for t in data["triplet_index"][0] if t >= 0))[:max_triplets]
     if not triplets:

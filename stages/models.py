@@ -29,6 +29,6 @@ def run(params: ScopedParams) -> None:
 
 
 if __name__ == "__main__":
-    from stages.cli import run_stage_main
+    from pipeline.runner import stage_main
 
-    run_stage_main("models")
+    stage_main("models", PARAMS, run)

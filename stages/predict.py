@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import paths
+from pipeline.datasets.classes import read_classes
 from pipeline.datasets.panoptic import read_image
 from pipeline.images import to_tensor
 from pipeline.models import load_models
-from pipeline.psg_data import read_classes
 from pipeline.psg_model import load_trained
 from pipeline.tables import boxes_from_masks
 from pipeline.visualise import render_scene_graph, save_png
@@ -71,9 +71,9 @@ def predict_files(
             arrays.append(read_image(path))
         except Exception as err:  # PIL raises several types for unreadable files
             raise ValueError(f"{path}: cannot read image ({err})") from None
-    classes = read_classes()
-    object_names = read_vocabulary(objects, classes["object_names"], "object")
-    predicate_names = read_vocabulary(predicates, classes["predicate_names"], "predicate")
+    classes = read_classes(paths.CLASSES_JSON)
+    object_names = read_vocabulary(objects, classes.object_names, "object")
+    predicate_names = read_vocabulary(predicates, classes.predicate_names, "predicate")
     trained = load_trained(load_models(paths.MODELS, device=device))
     obj_text, pred_text = trained.vocabulary_embeddings(object_names, predicate_names)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,198 +1,28 @@
 """Stage ``prepare``: build the validated dataset index.
 
-``data.source: synthetic`` generates the embedded PSG-format dataset from ``prepare.seed`` into
-``<out_dir>/dataset``; ``psg`` reads ``data.psg_json`` with files under ``data.image_root``. Every record is
-validated (:func:`pipeline.datasets.psg.validate_record`); ``data.on_error: fail`` stops at the first bad
-record, ``skip`` drops it and lists it in the report. Outputs, all under ``out_dir``:
-
-- ``index/train.parquet``, ``index/test.parquet``: one row per image (:mod:`pipeline.datasets.index`);
-- ``classes.json``: the label spaces with readable names; ``split.json``: the open-vocabulary split in use;
-- ``report.json``: counts per split, duplicates removed, skipped records with image id and reason;
-- ``dataset/`` (synthetic only): psg.json, images and panoptic PNGs.
-
-``out_dir`` is ``pipeline.paths.PREPARED`` (``data/prepared``) unless a caller passes another folder.
-Everything is written into a temporary folder beside ``out_dir`` that replaces ``out_dir`` only when the whole
-stage succeeded, so a failure never leaves partial output.
+``data.source: synthetic`` generates the embedded PSG-format dataset from ``prepare.seed``; ``psg`` reads
+``data.psg_json`` with files under ``data.image_root``. The work and the outputs (``index/{train,test}.parquet``,
+``classes.json``, ``split.json``, ``report.json``, ``dataset/`` for synthetic) are described in
+:mod:`pipeline.datasets.prepare`. ``out_dir`` is ``pipeline.paths.PREPARED`` (``data/prepared``) unless a caller
+passes another folder; it is replaced only when the whole stage succeeded, so a failure never leaves partial
+output.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from pipeline import paths
-from pipeline.datasets.classes import ClassLists, load_class_lists
-from pipeline.datasets.index import IndexRecord, write_index
-from pipeline.datasets.psg import DatasetError, PSGFile, load_psg_json, validate_record
-from pipeline.datasets.splits import Split, load_split, usable_for_calibration
-from pipeline.datasets.synthetic import generate_dataset
+from pipeline.datasets.prepare import prepare_dataset
 
 PARAMS = ("data", "prepare")
-
-
-def readable_name(name: str) -> str:
-    """``sky-other-merged`` -> ``sky``, ``wall-brick`` -> ``wall brick`` (for label spaces not shipped)."""
-    for suffix in ("-merged", "-other", "-stuff"):
-        name = name.removesuffix(suffix)
-    return name.replace("-", " ")
-
-
-def dataset_classes(psg: PSGFile, source: str, split: str) -> ClassLists:
-    """The label spaces of ``psg``; readable names from the shipped lists when they are the same lists.
-
-    A split other than ``closed`` is defined on the shipped lists, so then they must match.
-    """
-    shipped = load_class_lists(source)
-    found = ClassLists(
-        tuple(psg.thing_classes),
-        tuple(psg.stuff_classes),
-        tuple(psg.predicate_classes),
-        tuple(readable_name(n) for n in psg.stuff_classes),
-    )
-    same = (found.thing_classes, found.stuff_classes, found.predicate_classes) == (
-        shipped.thing_classes,
-        shipped.stuff_classes,
-        shipped.predicate_classes,
-    )
-    if same:
-        return shipped
-    if split != "closed":
-        raise DatasetError(
-            f"class lists differ from the {source} lists shipped in pipeline/data/{source}_classes.json, "
-            f"on which data.split={split} is defined",
-            path=psg.path,
-        )
-    return found
-
-
-def validate_all(
-    psg: PSGFile, image_root: Path, classes: ClassLists, split: Split, on_error: str, progress: bool = True
-) -> tuple[dict[str, list[IndexRecord]], dict[str, Any]]:
-    """Validate every record; returns ``{"train": [...], "test": [...]}`` and the report fields."""
-    out: dict[str, list[IndexRecord]] = {"train": [], "test": []}
-    skipped: list[dict[str, Any]] = []
-    duplicates: dict[str, int] = {}
-    seen: set[str] = set()
-    sizes = (classes.num_things, len(classes.object_classes), len(classes.predicate_classes))
-    for record in tqdm(psg.records, desc="validate", disable=not progress):
-        try:
-            rec, dups = validate_record(record, image_root, *sizes)
-            if rec.image_id in seen:
-                raise DatasetError("image_id occurs twice in psg.json", rec.image_id)
-        except DatasetError as err:
-            if on_error == "fail":
-                raise
-            skipped.append({"image_id": err.image_id, "reason": err.reason, "file": err.path})
-            continue
-        seen.add(rec.image_id)
-        if dups:
-            duplicates[rec.image_id] = dups
-        rec = replace(rec, usable_for_calibration=usable_for_calibration(rec, split))
-        out["test" if rec.image_id in psg.test_image_ids else "train"].append(rec)
-    if not out["train"] and not out["test"]:
-        raise DatasetError("no valid record left", path=psg.path)
-    report: dict[str, Any] = {"num_records": len(psg.records)}
-    for name, recs in out.items():
-        predicates = Counter(r[2] for rec in recs for r in rec.relations)
-        report[name] = {
-            "images": len(recs),
-            "segments": sum(len(r.segment_ids) for r in recs),
-            "relations": sum(len(r.relations) for r in recs),
-            "images_without_relations": sum(not r.relations for r in recs),
-            "usable_for_calibration": sum(r.usable_for_calibration for r in recs),
-            "relations_per_predicate": {p: predicates[i] for i, p in enumerate(classes.predicate_classes)},
-        }
-    report["test_image_ids_without_record"] = len(psg.test_image_ids - seen)
-    report["duplicates_removed"] = sum(duplicates.values())
-    report["duplicates_by_image"] = duplicates
-    report["num_skipped"] = len(skipped)
-    report["skipped"] = skipped
-    return out, report
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if not dst.exists():
-        os.rename(src, dst)
-        return
-    old = _fresh_dir(dst.parent / f".{dst.name}.old-{os.getpid()}")
-    os.rename(dst, old / dst.name)
-    os.rename(src, dst)
-    shutil.rmtree(old)
-
-
-def _fresh_dir(path: Path) -> Path:
-    """Create ``path`` empty (a leftover of a killed run is removed first)."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
-
-
-def build(params: Any, work: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Write every output of the stage into ``work`` (which will become ``out_dir``); returns the report."""
-    data, prep = params.data, params.prepare
-    if data.source == "synthetic":
-        syn = prep.synthetic
-        psg_json = generate_dataset(
-            work / "dataset",
-            seed=prep.seed,
-            num_train=syn.num_train,
-            num_test=syn.num_test,
-            image_size=syn.image_size,
-            min_objects=syn.min_objects,
-            max_objects=syn.max_objects,
-            image_format=syn.image_format,
-            progress=progress,
-        )
-        image_root, stored_root = work / "dataset", "../dataset"
-    elif data.source == "psg":
-        if not data.psg_json or not data.image_root:
-            raise ValueError("data.source=psg needs data.psg_json and data.image_root")
-        psg_json, image_root = Path(data.psg_json), Path(data.image_root)
-        if not image_root.is_dir():
-            raise DatasetError("data.image_root is not a folder", path=image_root)
-        stored_root = data.image_root
-        if not os.path.isabs(stored_root):
-            stored_root = os.path.relpath(os.path.abspath(stored_root), os.path.abspath(out_dir / "index"))
-    else:
-        raise ValueError(f"data.source must be 'synthetic' or 'psg', got {data.source!r}")
-
-    psg = load_psg_json(psg_json)
-    classes = dataset_classes(psg, data.source, data.split)
-    split = load_split(data.source, data.split)
-    records, counts = validate_all(psg, image_root, classes, split, data.on_error, progress)
-    meta = {"source": data.source, "split": data.split}
-    for name, recs in records.items():
-        write_index(work / "index" / f"{name}.parquet", recs, stored_root, meta)
-    _write_json(work / "classes.json", {"source": data.source, **classes.to_json()})
-    _write_json(work / "split.json", {"source": data.source, **split.to_json(classes)})
-    report = {"source": data.source, "split": data.split, "on_error": data.on_error, **counts}
-    _write_json(work / "report.json", report)
-    return report
 
 
 def run(params: Any, out_dir: str | Path = paths.PREPARED, progress: bool = True) -> None:
     """Run the stage with ``params`` (an object with ``.data`` and ``.prepare`` sections) into ``out_dir``."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = _fresh_dir(out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}")
-    try:
-        report = build(params, work, out_dir, progress)
-        _replace_dir(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    report = prepare_dataset(params, out_dir, progress)
     train, test = report["train"], report["test"]
     print(
         f"prepare: {train['images']} train / {test['images']} test images, "
@@ -202,6 +32,6 @@ def run(params: Any, out_dir: str | Path = paths.PREPARED, progress: bool = True
 
 
 if __name__ == "__main__":
-    from stages.cli import run_stage_main
+    from pipeline.runner import stage_main
 
-    run_stage_main("prepare")
+    stage_main("prepare", PARAMS, run)

@@ -1,7 +1,9 @@
-"""Datasets: the synthetic PSG-format generator, the PSG reader and validator, open-vocabulary splits and the
-Parquet index that ``prepare`` writes."""
+"""Datasets: the synthetic PSG-format generator, the PSG reader and validator, open-vocabulary splits, the
+Parquet index, and the readers of what ``prepare`` writes (``classes.json``: :func:`read_classes`, ``split.json``:
+:func:`read_split_file`). The ``prepare`` work itself is ``pipeline.datasets.prepare`` (not imported here: it
+needs ``spade_core.diffusion``)."""
 
-from pipeline.datasets.classes import ClassLists, load_class_lists
+from pipeline.datasets.classes import ClassLists, load_class_lists, read_classes
 from pipeline.datasets.index import INDEX_SCHEMA, IndexRecord, read_index, read_index_table, write_index
 from pipeline.datasets.panoptic import id2rgb, read_panoptic_png, rgb2id, write_panoptic_png
 from pipeline.datasets.psg import DatasetError, PSGFile, load_psg_json, validate_record
@@ -29,6 +31,7 @@ __all__ = [
     "load_class_lists",
     "load_psg_json",
     "load_split",
+    "read_classes",
     "read_index",
     "read_index_table",
     "read_panoptic_png",

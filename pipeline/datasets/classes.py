@@ -1,4 +1,5 @@
-"""Label spaces shipped with the package (``pipeline/data/<source>_classes.json``).
+"""Label spaces shipped with the package (``pipeline/data/<source>_classes.json``) and of a prepared dataset
+(``data/prepared/classes.json``, :func:`read_classes`).
 
 Object ``category_id`` = index into ``thing_classes + stuff_classes``; predicate id = index into
 ``predicate_classes`` (both 0-based, psg.json order). ``object_names`` are readable names for text prompts
@@ -11,7 +12,10 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+from pipeline import paths
 
 SOURCES = ("synthetic", "psg")
 
@@ -40,6 +44,11 @@ class ClassLists:
         return self.thing_classes + self.stuff_names
 
     @property
+    def predicate_names(self) -> tuple[str, ...]:
+        """Predicate names for text prompts (the predicate classes: already readable)."""
+        return self.predicate_classes
+
+    @property
     def num_things(self) -> int:
         return len(self.thing_classes)
 
@@ -66,4 +75,15 @@ def load_class_lists(source: str) -> ClassLists:
         stuff_classes=tuple(raw["stuff_classes"]),
         predicate_classes=tuple(raw["predicate_classes"]),
         stuff_names=tuple(stuff_names),
+    )
+
+
+def read_classes(path: str | Path = paths.CLASSES_JSON) -> ClassLists:
+    """The label spaces of a prepared dataset: the ``classes.json`` that ``prepare`` wrote."""
+    data = json.loads(Path(path).read_text())
+    return ClassLists(
+        thing_classes=tuple(data["thing_classes"]),
+        stuff_classes=tuple(data["stuff_classes"]),
+        predicate_classes=tuple(data["predicate_classes"]),
+        stuff_names=tuple(data["object_names"][len(data["thing_classes"]) :]),
     )

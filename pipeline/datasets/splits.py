@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipeline import paths
 from pipeline.datasets.classes import ClassLists, load_class_lists, read_data_file
 
 SPLITS = ("closed", "ovr", "ovdr")
@@ -64,8 +65,8 @@ def load_split(source: str, split: str) -> Split:
     return Split(split, predicates, objects)
 
 
-def read_split_file(path: str | Path) -> Split:
-    """Read the ``split.json`` that ``prepare`` wrote."""
+def read_split_file(path: str | Path = paths.SPLIT_JSON) -> Split:
+    """Read the ``split.json`` that ``prepare`` wrote (the split of the prepared dataset)."""
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
     return Split(raw["split"], frozenset(raw["novel_predicate_ids"]), frozenset(raw["novel_object_ids"]))
 

@@ -11,7 +11,6 @@ from .clip import (
     encode_text,
     image_features,
     load_clip,
-    mask_pool,
 )
 from .lora import (
     ADAPTER_NAME,
@@ -47,7 +46,6 @@ __all__ = [
     "load_lora_state_dict",
     "lora_state_dict",
     "map_correlation",
-    "mask_pool",
     "save_adapter",
     "set_calibration_mode",
     "teacher_mode",

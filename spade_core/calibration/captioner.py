@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .clip import _vision_tower, image_features
+from .lora import check_state_dict
 
 
 class ImplicitCaptioner(nn.Module):
@@ -131,10 +132,5 @@ def load_adapter(captioner: ImplicitCaptioner, path: str | Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"path: no such adapter file {path}")
     state = load_file(str(path))
-    expected = captioner.adapter_state_dict()
-    if set(state) != set(expected):
-        raise ValueError(f"path: adapter keys {sorted(state)} do not match the captioner's {sorted(expected)}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise ValueError(f"path: {k} has shape {tuple(v.shape)}, the captioner expects {tuple(expected[k].shape)}")
+    check_state_dict(state, captioner.adapter_state_dict(), "path", "the captioner")
     captioner.load_state_dict(state, strict=False)

@@ -26,6 +26,8 @@ from open_clip.transformer import VisionTransformer
 from safetensors.torch import save_file
 from torch import nn
 
+from ..hashing import file_digest
+
 TINY_CLIP_NAME = "spade-tiny-clip"
 TINY_CLIP_CONFIG: dict = {
     "embed_dim": 64,
@@ -103,14 +105,6 @@ def _register_config(config_path: Path) -> str:
     return name
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_clip(
     model_name_or_config: str | Path, checkpoint: str | Path, device: str | torch.device | None = None
 ) -> ClipModels:
@@ -140,7 +134,7 @@ def load_clip(
     model.eval().requires_grad_(False)
     visual = _vision_tower(model)
     identity = hashlib.sha256(
-        (json.dumps(config, sort_keys=True) + _sha256_file(checkpoint)).encode()
+        (json.dumps(config, sort_keys=True) + file_digest(checkpoint, length=None)).encode()
     ).hexdigest()
     pp = visual.preprocess_cfg
     return ClipModels(
@@ -205,23 +199,3 @@ def image_features(clip: ClipModels | nn.Module, images: torch.Tensor) -> tuple[
     tokens = out["image_intermediates"][-1]  # [B, width, h, w], ln_post applied
     dense = torch.einsum("bchw,ce->behw", tokens, visual.proj)
     return out["image_features"], dense
-
-
-def mask_pool(dense: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Average a dense feature map inside soft or binary masks: [B,E,h,w] x [B,N,H,W] -> [B,N,E], L2-normalised.
-
-    Masks are resized to (h, w) by area averaging (bilinear when upsampling), so a mask keeps its coverage
-    fraction per feature cell. An empty mask gives a zero vector.
-    """
-    if dense.ndim != 4 or masks.ndim != 4 or dense.shape[0] != masks.shape[0]:
-        raise ValueError(
-            f"dense/masks: expected [B,E,h,w] and [B,N,H,W], got {tuple(dense.shape)}, {tuple(masks.shape)}"
-        )
-    h, w = dense.shape[-2:]
-    m = masks.to(dense.dtype)
-    if m.shape[-2] >= h and m.shape[-1] >= w:
-        m = F.adaptive_avg_pool2d(m, (h, w))
-    else:
-        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
-    pooled = torch.einsum("bnhw,behw->bne", m, dense) / (m.sum((-2, -1))[..., None] + eps)
-    return F.normalize(pooled, dim=-1)

@@ -121,6 +121,19 @@ def lora_state_dict(unet: nn.Module, adapter_name: str = ADAPTER_NAME) -> dict[s
     return {k: v.detach().contiguous().cpu().clone() for k, v in state.items()}
 
 
+def check_state_dict(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str, owner: str) -> None:
+    """Raise ValueError unless ``state`` has exactly the keys of ``expected``, each with the same shape.
+
+    ``what`` names the source in the message (``"state"``, ``"path"``), ``owner`` the module it is loaded into.
+    """
+    if set(state) != set(expected):
+        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        raise ValueError(f"{what}: keys differ from {owner}'s (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in state.items():
+        if v.shape != expected[k].shape:
+            raise ValueError(f"{what}: {k} has shape {tuple(v.shape)}, {owner} expects {tuple(expected[k].shape)}")
+
+
 def load_lora_state_dict(
     unet: nn.Module,
     state: dict[str, torch.Tensor],
@@ -134,13 +147,7 @@ def load_lora_state_dict(
     Raises ValueError when ``state`` does not cover exactly the adapter's weights (other rank or targets).
     """
     params = add_calibration_lora(unet, rank, alpha, target_modules, adapter_name)
-    expected = get_peft_model_state_dict(unet, adapter_name=adapter_name)
-    if set(state) != set(expected):
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise ValueError(f"state: LoRA keys differ from the adapter (missing {missing[:3]}, unexpected {extra[:3]})")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise ValueError(f"state: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    check_state_dict(state, get_peft_model_state_dict(unet, adapter_name=adapter_name), "state", "the LoRA adapter")
     result = set_peft_model_state_dict(unet, state, adapter_name=adapter_name)
     if result.unexpected_keys:
         raise ValueError(f"state: peft did not use {result.unexpected_keys[:3]}")

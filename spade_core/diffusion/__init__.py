@@ -20,7 +20,6 @@ from .prompts import (
     ROLE_SUBJECT,
     RelationPrompt,
     build_relation_prompt,
-    readable_name,
 )
 from .schedulers import (
     SD_SCHEDULER_CONFIG,
@@ -62,7 +61,6 @@ __all__ = [
     "load_diffusion_models",
     "make_grid",
     "model_identity",
-    "readable_name",
     "reconstruction_error",
     "sample",
     "teacher_maps",

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..hashing import update_with_file
 from .schedulers import SD_SCHEDULER_CONFIG
 
 COMPONENTS: dict[str, tuple[str, ...]] = {
@@ -168,10 +169,8 @@ def _hash_file(h: Any, path: Path) -> None:
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if not k.startswith("_") and k != "transformers_version"}
         h.update(json.dumps(data, sort_keys=True).encode())
-        return
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
+    else:
+        update_with_file(h, path)
 
 
 def model_identity(models_or_dir: DiffusionModels | str | Path) -> str:

@@ -12,7 +12,6 @@ Roles: ``ROLE_OTHER = 0`` (start/end, padding, ``is``, commas), ``ROLE_SUBJECT =
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,6 @@ from torch import Tensor
 
 ROLE_OTHER, ROLE_SUBJECT, ROLE_PREDICATE, ROLE_OBJECT = 0, 1, 2, 3
 ROLE_NAMES = ("other", "subject", "predicate", "object")
-_SUFFIXES = ("-merged", "-other", "-stuff")
 
 
 @dataclass
@@ -47,18 +45,6 @@ class RelationPrompt:
     def token_mask(self, triplet: int, role: int) -> Tensor:
         """[T] bool: the tokens of ``role`` in triplet ``triplet`` (e.g. the subject of triplet k)."""
         return (self.triplet_index == triplet) & (self.role == role)
-
-
-def readable_name(category_name: str) -> str:
-    """``"wall-other-merged"`` -> ``"wall"``, ``"playing_field"`` -> ``"playing field"``."""
-    name = category_name.strip()
-    changed = True
-    while changed:
-        changed = False
-        for suffix in _SUFFIXES:
-            if name.endswith(suffix) and len(name) > len(suffix):
-                name, changed = name[: -len(suffix)], True
-    return re.sub(r"\s+", " ", name.replace("-", " ").replace("_", " ")).strip()
 
 
 def _special_ids(tokenizer: Any) -> tuple[int, int, int, int]:

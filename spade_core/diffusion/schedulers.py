@@ -91,12 +91,18 @@ def make_grid(alphas_cumprod: Tensor, num_steps: int, steps_offset: int = 1) -> 
     return TimestepGrid(timesteps=timesteps, abar=abar, a=a, s=s, lam=s / a)
 
 
-def alphas_cumprod_from_config(scheduler_config: Any = None) -> Tensor:
-    """``alphas_cumprod`` [T] (float32, as diffusers computes it) of a diffusers scheduler config (or SD's)."""
+def alphas_cumprod_from_config(scheduler_config: Any = None, *, epsilon_only: bool = False) -> Tensor:
+    """``alphas_cumprod`` [T] (float32, as diffusers computes it) of a diffusers scheduler config (or SD's).
+
+    ``epsilon_only``: raise ``ValueError`` unless the config's ``prediction_type`` is ``epsilon`` (what the
+    teacher's training loss, :func:`~spade_core.diffusion.teacher_training.diffusion_loss`, assumes).
+    """
     from diffusers import DDIMScheduler
 
     config = dict(SD_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config)
     config = {k: v for k, v in config.items() if not k.startswith("_")}
+    if epsilon_only and config.get("prediction_type", "epsilon") != "epsilon":
+        raise ValueError(f"scheduler_config prediction_type must be 'epsilon', got {config['prediction_type']!r}")
     return DDIMScheduler.from_config(config).alphas_cumprod
 
 

@@ -1,6 +1,6 @@
 """Scene graph detection (SGDet) Recall@K and mean Recall@K on panoptic masks, as in the PSG benchmark.
 
-Implements ``PSG_EVAL_SPEC.md`` §3-§7 exactly (OpenPSG ``sgg_eval.py`` in ``pan_seg`` mode):
+Implements ``docs/EVALUATION.md`` §2-§6 exactly (OpenPSG ``sgg_eval.py`` in ``pan_seg`` mode):
 
 * GT images with no relation are dropped; duplicate GT ``(s, o, p)`` rows are removed (first kept); several
   predicates on one pair are separate GT triplets.
@@ -143,7 +143,7 @@ def evaluate(
     skip_empty_predictions: bool = True,
     predicate_subset: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """SGDet R@K / mR@K over a test set (``PSG_EVAL_SPEC.md``).
+    """SGDet R@K / mR@K over a test set (``docs/EVALUATION.md`` §5).
 
     Args:
         gt_images: per image a dict with ``masks`` bool ``[S, H, W]``, ``labels`` int ``[S]``,

@@ -1,4 +1,4 @@
-"""Open-vocabulary classifier (DESIGN §4.3; paper Table 7).
+"""Open-vocabulary classifier (docs/DESIGN.md §4.3.6; paper Table 7).
 
 Logits are cosine similarities between projected decoder outputs and CLIP text embeddings of the class names,
 times a learnable temperature, so the vocabulary is chosen at call time (train on the base classes, test on

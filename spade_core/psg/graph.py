@@ -1,4 +1,4 @@
-"""Spatial-semantic instance graph `G` (DESIGN §4.3).
+"""Spatial-semantic instance graph `G` (docs/DESIGN.md §4.3.3).
 
 `G[i, j] = min(1, spatial_ij + semantic_ij)` over the N predicted instances of an image, where
 

@@ -11,12 +11,13 @@ the pixels where it is > 0.5 (sigmoid), except for queries whose mask is empty, 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from spade_core.psg.position import sine_position_encoding
 
 
 @dataclass
@@ -32,22 +33,6 @@ class InstanceOutput:
     query_feats: Tensor
     mask_logits: Tensor
     aux: list[tuple[Tensor, Tensor]] = field(default_factory=list)
-
-
-def sine_position_encoding(h: int, w: int, dim: int, device=None, dtype=None) -> Tensor:
-    """2-D sine positional encoding (DETR, normalised coordinates) -> `[h*w, dim]`; dim must be even."""
-    if dim % 2:
-        raise ValueError(f"dim must be even for the 2-D sine encoding, got {dim}")
-    half = dim // 2
-    eps, scale = 1e-6, 2 * math.pi
-    y = (torch.arange(1, h + 1, device=device, dtype=torch.float32) / (h + eps) * scale)[:, None].expand(h, w)
-    x = (torch.arange(1, w + 1, device=device, dtype=torch.float32) / (w + eps) * scale)[None, :].expand(h, w)
-    dim_t = torch.arange(half, device=device, dtype=torch.float32)
-    dim_t = 10000 ** (2 * (dim_t // 2) / half)
-    px, py = x[..., None] / dim_t, y[..., None] / dim_t
-    px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=-1).flatten(2)
-    py = torch.stack((py[..., 0::2].sin(), py[..., 1::2].cos()), dim=-1).flatten(2)
-    return torch.cat((py, px), dim=-1).reshape(h * w, dim).to(dtype)
 
 
 class MLP(nn.Module):
@@ -113,8 +98,11 @@ class InstanceDecoder(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        if hidden_dim % num_heads or hidden_dim % 2:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must be even and divisible by num_heads ({num_heads})")
+        if hidden_dim % num_heads or hidden_dim % 4:
+            raise ValueError(
+                f"hidden_dim ({hidden_dim}) must be divisible by 4 (sine position encoding) and by num_heads "
+                f"({num_heads})"
+            )
         if num_queries < 1 or num_layers < 1:
             raise ValueError(f"num_queries and num_layers must be >= 1, got {num_queries}, {num_layers}")
         self.hidden_dim = hidden_dim

@@ -1,4 +1,4 @@
-"""Relation losses (DESIGN §4.3): the relation-query consistency loss `L_rqc = ||S - Psi||_2` over matched
+"""Relation losses (docs/DESIGN.md §4.3.5): the relation-query consistency loss `L_rqc = ||S - Psi||_2` over matched
 instance pairs, the predicate cross-entropy `L_rel` with a down-weighted "no relation" class, and the target
 builders that turn a Hungarian matching plus GT triplets into per-pair targets."""
 

@@ -1,4 +1,4 @@
-"""Relation queries (DESIGN §4.3): pair selection from the RGT similarity `S`, the pair projection, and the
+"""Relation queries (docs/DESIGN.md §4.3.5): pair selection from the RGT similarity `S`, the pair projection, and the
 relation decoder `Phi_rel` (3 transformer decoder layers over the feature pyramid `F`)."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ import math
 
 import torch
 from torch import nn
+
+from spade_core.psg.position import sine_position_encoding
 
 
 @torch.no_grad()
@@ -95,19 +97,6 @@ class RelationQueryBuilder(nn.Module):
         return self.norm(self.proj(torch.cat([subj, obj], dim=-1)))
 
 
-def sine_position_embedding(h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """2-D sine/cosine embedding of normalised pixel centres (so levels of a pyramid align): `[h*w, dim]`."""
-    if dim % 4 != 0:
-        raise ValueError(f"dim must be divisible by 4 for the 2-D sine embedding, got {dim}")
-    n = dim // 4
-    omega = 1.0 / (10000.0 ** (torch.arange(n, device=device, dtype=torch.float32) / n))
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
-    y = (ys[:, None] * omega)[:, None, :].expand(h, w, n)
-    x = (xs[:, None] * omega)[None, :, :].expand(h, w, n)
-    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=-1).reshape(h * w, dim)
-
-
 class RelationDecoderLayer(nn.Module):
     """Self-attention among relation queries, cross-attention to memory, FFN; post-LayerNorm after each."""
 
@@ -155,7 +144,7 @@ class RelationDecoder(nn.Module):
                 raise ValueError(f"pyramid level {lvl} must be [B,{self.dim},h,w], got {tuple(f.shape)}")
             h, w = f.shape[-2:]
             mem.append(f.flatten(2).transpose(1, 2))
-            pe = sine_position_embedding(h, w, self.dim, f.device).to(f.dtype)
+            pe = sine_position_encoding(h, w, self.dim, f.device, centred=True).to(f.dtype)
             pos.append(pe + self.level_embed[lvl].to(f.dtype))
         return torch.cat(mem, dim=1), torch.cat(pos, dim=0)[None]
 

@@ -1,4 +1,4 @@
-"""Relation Graph Transformer (RGT, DESIGN §4.3; paper Table 6).
+"""Relation Graph Transformer (RGT, docs/DESIGN.md §4.3.4; paper Table 6).
 
 Each `RelationGraphBlock` updates the N instance nodes `q [B, N, D]` given the 0/1 graph `G [B, N, N]`:
 

@@ -1,7 +1,12 @@
+import hashlib
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from pipeline.params import (
     Params,
@@ -11,6 +16,15 @@ from pipeline.params import (
     default_params_dict,
     load_params,
     parse_params,
+)
+from pipeline.psg_model import build_psg_model, psg_config, save_trained
+from spade_core.psg import (
+    ArchitectureConfig,
+    CriterionConfig,
+    InferenceConfig,
+    PSGLossWeights,
+    SpadePSG,
+    SpadePSGConfig,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,3 +95,125 @@ def test_scoped_params_allow_declared_only():
         scoped.invert = None
     scoped_cal = ScopedParams(Params(), ["calibrate"])
     assert scoped_cal.calibrate.lam == 1.0
+
+
+# ------------------------------------------------------------------------------ one source of defaults
+def test_schema_defaults_equal_the_committed_params_yaml():
+    """params.yaml produced the committed results; the schema's defaults are the same values, key for key."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert default_params_dict() == raw
+    assert parse_params(raw) == Params()
+
+
+def test_removed_params_are_rejected():
+    with pytest.raises(ParamsError, match="train.num_workers: unknown key"):
+        parse_params({"train": {"num_workers": 0}})
+
+
+# -------------------------------------------------------------------------------------- params -> model
+def _state_fingerprint(state: dict) -> str:
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(f"{k}:{v.dtype}:{tuple(v.shape)};".encode())
+        h.update(v.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_params_model_is_bit_identical_to_the_legacy_constructor():
+    """``build_psg_model`` on the committed params.yaml after ``torch.manual_seed(0)``: the same state_dict
+    (keys in order, dtypes, shapes, every bit) as the old keyword constructor built by ``stages/train.py``
+    (fingerprint recorded from it). A change here means a different initialisation: new results. (A torch
+    upgrade that changes its init kernels would also change it.)"""
+    p = load_params(REPO / "params.yaml")
+    torch.manual_seed(0)
+    model = build_psg_model(p.model, p.train, [32, 64, 64, 3], 32)
+    assert _state_fingerprint(model.state_dict()) == (
+        "edd8298ea132e6eb80355cd7b28b734a5efb817eba60a40002c6d616bd46055f"
+    )
+
+
+def test_psg_config_takes_every_exposed_value_from_the_params():
+    p = parse_params({
+        "model": {"hidden_dim": 32, "num_queries": 8, "num_heads": 2, "decoder_layers": 2, "alpha": 0.5,
+                  "rgt": {"num_blocks": 3, "use_lcnl": False, "use_lcnnl": True, "use_lcl": False},
+                  "graph": {"dilation": 5, "semantic_threshold": 0.25}, "relation": {"eta": 0.3, "max_pairs": 7},
+                  "use_diffusion_logits": False, "use_pooled_logits": True},
+        "train": {"use_rqc": False, "no_object_weight": 0.2, "loss_weights": {"rel": 0.5, "rqc": 0.1, "mask": 2.0}},
+    })
+    cfg = psg_config(p.model, p.train, [8, 16, 3], 12)
+    assert cfg.architecture == ArchitectureConfig(
+        feature_channels=(8, 16, 3), clip_dim=12, hidden_dim=32, num_queries=8, num_heads=2, decoder_layers=2,
+        rgt_blocks=3, use_lcnl=False, use_lcnnl=True, use_lcl=False, graph_dilation=5, semantic_threshold=0.25,
+        eta=0.3, max_pairs=7,
+    )
+    assert cfg.criterion == CriterionConfig(use_rqc=False, no_object_weight=0.2,
+                                            loss_weights=PSGLossWeights(rel=0.5, rqc=0.1, mask=2.0))
+    assert cfg.inference == InferenceConfig(alpha=0.5, use_diffusion_logits=False, use_pooled_logits=True)
+
+
+def test_save_trained_writes_weights_and_config(tmp_path):
+    p = load_params(REPO / "params.yaml")
+    torch.manual_seed(0)
+    model = build_psg_model(p.model.model_copy(update={"hidden_dim": 16}), p.train, [8, 3], 8)
+    meta = {"feature_blocks": None, "pixel_stride": 4, "feature_channels": [8, 3], "clip_dim": 8,
+            "image_size": 64, "identity": {"teacher": "t", "clip": "c", "student": "s"}, "steps": 3}
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / "stale.txt").write_text("old run")
+    save_trained(out, model, meta)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["train"]  # no temporary folder left behind
+    assert sorted(f.name for f in out.iterdir()) == ["config.json", "model.safetensors"]
+    text = (out / "config.json").read_text()
+    config = json.loads(text)
+    assert text == json.dumps(config, indent=2) + "\n"
+    assert list(config) == ["model", *meta] and {k: config[k] for k in meta} == meta
+    assert SpadePSGConfig.from_dict(config["model"]) == model.config
+    state = load_file(str(out / "model.safetensors"))
+    assert sorted(state) == sorted(model.state_dict())  # safetensors stores the keys sorted
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    rebuilt = SpadePSG(SpadePSGConfig.from_dict(config["model"]))
+    rebuilt.load_state_dict(state)
+    with pytest.raises(ValueError, match="'model' key"):
+        save_trained(out, model, {**meta, "model": {}})
+    with pytest.raises(ValueError, match="identity"):
+        save_trained(out, model, {k: v for k, v in meta.items() if k != "identity"})
+
+
+def test_load_trained_rebuilds_the_saved_model(tmp_path, monkeypatch):
+    """save_trained -> load_trained with the heavy parts (student, frozen features) replaced by stand-ins."""
+    from pipeline import psg_model
+
+    p = load_params(REPO / "params.yaml")
+    torch.manual_seed(0)
+    model = build_psg_model(p.model.model_copy(update={"hidden_dim": 16}), p.train, [8, 3], 8)
+    identity = {"teacher": "t", "clip": "c", "student": "s"}
+    meta = {"feature_blocks": [1], "pixel_stride": 4, "image_size": 64, "identity": identity}
+    save_trained(tmp_path / "train", model, meta)
+
+    channels = [8, 3]
+
+    class Features:
+        def __init__(self, models, student, blocks, pixel_stride):
+            assert (blocks, pixel_stride) == ([1], 4)
+            self.channels = list(channels)
+
+    monkeypatch.setattr(psg_model, "tree_digest", lambda path: "s")
+    monkeypatch.setattr(psg_model, "load_student", lambda models, path: SimpleNamespace(unet=torch.nn.Linear(1, 1)))
+    monkeypatch.setattr(psg_model, "FrozenFeatures", Features)
+    models = SimpleNamespace(teacher_identity="t", clip_identity="c", clip=SimpleNamespace(embed_dim=8))
+    trained = psg_model.load_trained(models, tmp_path / "train", tmp_path / "calibrate")
+    assert trained.model.config == model.config and not trained.model.training
+    assert trained.config["image_size"] == 64
+    state = trained.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+    with pytest.raises(ValueError, match="trained with clip c"):
+        psg_model.load_trained(SimpleNamespace(**{**vars(models), "clip_identity": "other"}), tmp_path / "train")
+    channels = [16, 3]
+    with pytest.raises(ValueError, match=r"trained on features \[8, 3\]"):
+        psg_model.load_trained(models, tmp_path / "train")
+    config = json.loads((tmp_path / "train/config.json").read_text())
+    config["model"] = {"hidden_dim": 16}  # a pre-config (flat keyword) checkpoint
+    (tmp_path / "train/config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="rerun `train`"):
+        psg_model.load_trained(models, tmp_path / "train")

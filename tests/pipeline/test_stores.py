@@ -1,10 +1,15 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+import torch
 
 from pipeline.stores import (
     InversionStore,
+    ShardWriter,
     StoreIncompleteError,
     StoreMismatchError,
+    prompt_rows,
 )
 
 from .conftest import GEOM, IDS, SETTINGS, shard_arrays
@@ -86,3 +91,31 @@ def test_finished_store_with_other_settings_is_replaced(tmp_path):
     other = InversionStore.create_or_open(loc, GEOM, IDS, {**SETTINGS, "num_steps": 20})
     assert not any(other.is_complete(s) for s in range(GEOM.num_shards))
     assert other.settings["num_steps"] == 20
+
+
+def test_shard_writer_assembles_batches_into_one_shard(tmp_path):
+    store = InversionStore.create_or_open(tmp_path / "s.zarr", GEOM, IDS, SETTINGS)
+    arrays = shard_arrays(0)
+    writer = ShardWriter(store, 0)
+    for row in range(2):  # two batches of one image, each in two parts
+        writer.add({k: v[row : row + 1] for k, v in arrays.items() if k in ("latents", "attn", "recon_error")})
+        writer.add({k: v[row : row + 1] for k, v in arrays.items() if k not in ("latents", "attn", "recon_error")})
+    with pytest.raises(KeyError, match="not a store array"):
+        writer.add({"image": np.zeros(1)})
+    assert not store.is_complete(0)
+    writer.write()
+    assert store.is_complete(0)
+    got = store.read(0, 2)
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(got[name], value.astype(got[name].dtype), err_msg=name)
+
+
+def test_prompt_rows():
+    prompts = [
+        SimpleNamespace(token_ids=torch.arange(6) + i, role=torch.full((6,), i), triplet_index=torch.zeros(6), length=i)
+        for i in range(3)
+    ]
+    rows = prompt_rows(prompts)
+    assert sorted(rows) == ["lengths", "roles", "tokens", "triplet_index"]
+    assert rows["tokens"].shape == (3, 6) and rows["tokens"][2, 0] == 2
+    assert rows["roles"][1].tolist() == [1] * 6 and rows["lengths"].tolist() == [0, 1, 2]

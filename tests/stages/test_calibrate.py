@@ -12,8 +12,9 @@ import torch
 import zarr
 from safetensors.torch import load_file
 
+from pipeline import calibration, paths
+from pipeline.inversion import calibration_records
 from pipeline.models import load_models
-from pipeline.params import ScopedParams, parse_params
 from pipeline.stores import StoreMismatchError
 from pipeline.student import load_student
 from stages import calibrate as calibrate_stage
@@ -47,15 +48,15 @@ def lora_run(tiny_inverted, tmp_path_factory):
     """One uninterrupted lora calibration; also keeps the student's final UNet and CLIP weights in memory."""
     ws = _copy(tiny_inverted, tmp_path_factory.mktemp("cal") / "lora")
     seen = {}
-    real = calibrate_stage.write_outputs
+    real = calibrate_stage.save_student
 
-    def spy(student, *args, **kwargs):
+    def spy(out_dir, student):
         seen["unet"] = {k: v.clone() for k, v in student.unet.state_dict().items()}
         seen["clip"] = {k: v.clone() for k, v in student.clip.model.state_dict().items()}
-        real(student, *args, **kwargs)
+        return real(out_dir, student)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(calibrate_stage, "write_outputs", spy)
+        mp.setattr(calibrate_stage, "save_student", spy)
         run_stage_in(ws, "calibrate", _params())
     return ws, seen
 
@@ -106,20 +107,20 @@ def test_load_student_reproduces_the_trained_maps(lora_run, monkeypatch):
     models = load_models()
     student = load_student(models, OUT)
     assert not any(p.requires_grad for p in student.unet.parameters())
-    store = calibrate_stage.open_store(models, ScopedParams(parse_params(_params()), calibrate_stage.PARAMS))
+    store = calibration.open_store(models, 64)
     from pipeline.calibration_data import CalibrationDataset, heldout_split
     from spade_core.calibration import teacher_mode
     from spade_core.diffusion import AttentionCapture
 
     _, held = heldout_split(store.geometry.num_images, 0.25, 0)
-    dataset = CalibrationDataset(str(calibrate_stage.paths.INVERT_STORE), calibrate_stage.calibration_records(), 64, 4)
-    runner = calibrate_stage.MapRunner(student, AttentionCapture(student.unet), (8, 8), latents={})
-    got = calibrate_stage.heldout_metrics(runner, dataset, held, 4)
+    dataset = CalibrationDataset(str(paths.INVERT_STORE), calibration_records(), 64, 4)
+    runner = calibration.MapRunner(student, AttentionCapture(student.unet), (8, 8), latents={})
+    got = calibration.heldout_metrics(runner, dataset, held, 4)
     m = _metrics(ws)
     assert got["l1"] == pytest.approx(m["heldout_l1_after"], rel=1e-5)
     assert got["corr"] == pytest.approx(m["heldout_corr_after"], rel=1e-5)
     with teacher_mode(student.unet):  # LoRA really loaded: without it the maps are those of the base UNet
-        plain = calibrate_stage.heldout_metrics(runner, dataset, held, 4)
+        plain = calibration.heldout_metrics(runner, dataset, held, 4)
     assert plain["l1"] != pytest.approx(got["l1"], rel=1e-4)
 
 

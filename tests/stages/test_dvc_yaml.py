@@ -43,3 +43,34 @@ def test_train_param_change_does_not_touch_upstream_stages():
     upstream = ["prepare", "models", "invert", "calibrate"]
     for name in upstream:
         assert not any(k == "train" or k.startswith("train.") for k in DVC["stages"][name]["params"])
+
+
+def test_code_deps_cover_every_imported_file():
+    """Editing any file a stage imports (transitively, lazy imports included) must rerun the stage."""
+    from pipeline.codedeps import check_stages
+
+    reports = check_stages(DVC["stages"], REPO)
+    assert set(reports) == set(DVC["stages"])
+    problems = {name: r.missing + [d for d, why in r.extra.items() if why == "does not exist"]
+                for name, r in reports.items()}
+    assert all(not p for p in problems.values()), (
+        f"code deps that dvc.yaml misses or lists but do not exist: {problems}; "
+        "run `python -m pipeline.codedeps --write`")
+
+
+def test_code_deps_are_exactly_what_codedeps_writes():
+    """No stale or broader-than-needed code deps either (what `python -m pipeline.codedeps --check` checks)."""
+    from pipeline.codedeps import check_stages, format_reports
+
+    reports = check_stages(DVC["stages"], REPO)
+    assert all(r.ok for r in reports.values()), format_reports(reports)
+
+
+def test_frozen_teacher_stage_deps_are_generated_too():
+    """teacher/dvc.yaml runs `spade train-teacher` (stages/train_teacher.py): its code deps are checked the same way."""
+    from pipeline.codedeps import check_stages, format_reports
+
+    teacher = yaml.safe_load((REPO / "teacher" / "dvc.yaml").read_text())["stages"]
+    reports = check_stages(teacher, REPO)
+    assert set(reports) == {"train_teacher"}
+    assert all(r.ok for r in reports.values()), format_reports(reports, "teacher/dvc.yaml")

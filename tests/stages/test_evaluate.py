@@ -35,7 +35,7 @@ def test_evaluate_writes_tables_metrics_and_pictures(evaluated):
     assert 0.0 <= summary["closed"]["R@50"] <= 1.0 and summary["closed"]["num_images"] == 6
     assert (ws / "per_predicate_recall.csv").read_text().startswith("predicate,recall")
     assert len(list((ws / "evaluate/visualisations").glob("*.png"))) == 1
-    assert not list(ws.glob("evaluate.tmp*"))
+    assert not list(ws.glob("*evaluate.tmp*")) and not list(ws.glob(".evaluate.old*"))
 
 
 def test_predict_with_a_custom_vocabulary(evaluated, tmp_path, monkeypatch):

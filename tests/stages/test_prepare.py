@@ -11,9 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from pipeline.datasets.classes import load_class_lists, read_classes
 from pipeline.datasets.index import read_index
 from pipeline.datasets.psg import DatasetError
-from pipeline.datasets.splits import load_split, usable_for_calibration
+from pipeline.datasets.splits import load_split, read_split_file, usable_for_calibration
 from pipeline.datasets.synthetic import generate_dataset
 from stages import prepare
 
@@ -73,6 +74,7 @@ def test_synthetic_outputs_and_determinism(tmp_path):
     assert report["train"]["images"] == 6 and report["test"]["relations"] == sum(len(r.relations) for r in test)
     classes = json.loads(a["classes.json"])
     assert classes["object_names"][:2] == ["red ball", "blue box"] and len(classes["predicate_classes"]) == 10
+    assert read_classes(tmp_path / "a" / "prepared" / "classes.json") == load_class_lists("synthetic")
 
     _run(_params(seed=1), tmp_path / "c" / "prepared")
     assert _files(tmp_path / "c" / "prepared")["dataset/psg.json"] != a["dataset/psg.json"]
@@ -86,6 +88,7 @@ def test_split_outputs(tmp_path, split):
     written = json.loads((out / "split.json").read_text())
     assert written["split"] == split and set(written["novel_predicate_ids"]) == expected.novel_predicates
     assert set(written["novel_object_ids"]) == expected.novel_objects
+    assert read_split_file(out / "split.json") == expected
     records = read_index(out / "index" / "train.parquet") + read_index(out / "index" / "test.parquet")
     flags = [r.usable_for_calibration for r in records]
     assert flags == [usable_for_calibration(r, expected) for r in records]
@@ -111,6 +114,16 @@ def test_psg_source_split_needs_shipped_class_lists(coco, tmp_path):
     with pytest.raises(DatasetError, match="class lists differ"):
         _run(_params("psg", "ovr", psg_json=str(root / "psg.json"), image_root=str(root)), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_psg_source_with_own_class_lists_gets_readable_names(coco, tmp_path):
+    root, psg, save = coco
+    psg["stuff_classes"] = ["sky-other-merged", "wall-brick", *psg["stuff_classes"][2:]]
+    save()
+    _run(_params("psg", psg_json=str(root / "psg.json"), image_root=str(root)), tmp_path / "out")
+    classes = read_classes(tmp_path / "out" / "classes.json")
+    assert classes.stuff_classes[:2] == ("sky-other-merged", "wall-brick")
+    assert classes.stuff_names == ("sky", "wall brick", *psg["stuff_classes"][2:])
 
 
 # ------------------------------------------------------------------------------------------ corruptions

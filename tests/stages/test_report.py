@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from pipeline import reporting as report
+from pipeline.reporting import make_report, parse_dvc_exp_show, run_report
 from pipeline.tables import METRICS_SCHEMA, write_table
-from stages import report
-from stages.report import make_report, parse_dvc_exp_show, run_report
 
 
 def _params(split: str, lr: float, epochs: int) -> dict:
@@ -113,6 +113,7 @@ def test_run_report(metrics_parquet, tmp_path, monkeypatch):
     out = tmp_path / "out" / "report.md"
     text = run_report(metrics_parquet, out=out)
     assert out.read_text() == text and "## Ablation" in text
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.md"]  # no temporary file left
     monkeypatch.setattr(report, "dvc_exp_show_json", lambda timeout=300.0: (None, "DVC is not installed"))
     text = run_report(metrics_parquet)
     assert "Ablation (" not in text and "_No ablation table: DVC is not installed._" in text

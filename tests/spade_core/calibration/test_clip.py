@@ -9,8 +9,8 @@ from spade_core.calibration import (
     encode_text,
     image_features,
     load_clip,
-    mask_pool,
 )
+from spade_core.psg.classifier import mask_pool
 
 
 def _images(clip, b=2, seed=0):
@@ -92,13 +92,13 @@ def test_encode_text_normalised(tiny_clip):
         encode_text(tiny_clip, names, ("a photo",))
 
 
-def test_mask_pool(tiny_clip):
+def test_mask_pool_on_dense_clip_features(tiny_clip):
     _, dense = image_features(tiny_clip, _images(tiny_clip, b=1))
     masks = torch.zeros(1, 3, 128, 128)
     masks[0, 0] = 1
     masks[0, 1, :16, :16] = 1  # exactly the top-left patch
     pooled = mask_pool(dense, masks)
     assert pooled.shape == (1, 3, 64)
-    assert torch.allclose(pooled[0, 0], torch.nn.functional.normalize(dense[0].mean((1, 2)), dim=0), atol=1e-5)
-    assert torch.allclose(pooled[0, 1], torch.nn.functional.normalize(dense[0, :, 0, 0], dim=0), atol=1e-5)
+    assert torch.allclose(pooled[0, 0], dense[0].mean((1, 2)), atol=1e-5)
+    assert torch.allclose(pooled[0, 1], dense[0, :, 0, 0], atol=1e-5)  # the mask covers exactly one patch
     assert torch.equal(pooled[0, 2], torch.zeros(64))

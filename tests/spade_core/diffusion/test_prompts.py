@@ -1,4 +1,4 @@
-"""Relation prompts: token ids, (triplet, role) per token, truncation at whole triplets, readable names."""
+"""Relation prompts: token ids, (triplet, role) per token, truncation at whole triplets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from spade_core.diffusion.prompts import (
     ROLE_PREDICATE,
     ROLE_SUBJECT,
     build_relation_prompt,
-    readable_name,
 )
 
 O, S, P, B = ROLE_OTHER, ROLE_SUBJECT, ROLE_PREDICATE, ROLE_OBJECT
@@ -81,12 +80,3 @@ def test_bad_input(tokenizer):
         build_relation_prompt([("a", "b", "c"), ("a", "", "c")], tokenizer)
     with pytest.raises(ValueError, match="max_tokens"):
         build_relation_prompt([("a", "b", "c")], tokenizer, max_tokens=78)
-
-
-@pytest.mark.parametrize(("name", "readable"), [
-    ("wall-other-merged", "wall"), ("tree-merged", "tree"), ("door-stuff", "door"), ("sky-other-merged", "sky"),
-    ("playingfield", "playingfield"), ("dining_table", "dining table"), ("in-front-of", "in front of"),
-    ("parked on", "parked on"), ("other", "other"),
-])
-def test_readable_name(name, readable):
-    assert readable_name(name) == readable

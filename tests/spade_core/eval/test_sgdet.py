@@ -1,4 +1,4 @@
-"""Hand-made cases for every rule of PSG_EVAL_SPEC.md §3-§7."""
+"""Hand-made cases for every rule of docs/EVALUATION.md §2-§6."""
 
 from __future__ import annotations
 

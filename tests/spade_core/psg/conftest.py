@@ -1,10 +1,58 @@
-"""Shared fixtures for the spade_core.psg tests: a tiny random UNet and a tiny synthetic PSG batch."""
+"""Shared fixtures for the spade_core.psg tests: a tiny random UNet, a tiny synthetic PSG batch, and
+`make_psg_config` (a `SpadePSGConfig` from flat keyword overrides)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from spade_core.psg.config import (
+    ArchitectureConfig,
+    CriterionConfig,
+    InferenceConfig,
+    PSGLossWeights,
+    SpadePSGConfig,
+)
+
+# The values these tests were written for (the keyword defaults of the former `SpadePSG(...)` constructor;
+# note graph_dilation 3 and use_pooled_logits True, where params.yaml has 2 and false).
+PSG_TEST_VALUES = {
+    "hidden_dim": 64,
+    "num_queries": 16,
+    "num_heads": 4,
+    "decoder_layers": 3,
+    "rgt_blocks": 8,
+    "use_lcnl": True,
+    "use_lcnnl": True,
+    "use_lcl": True,
+    "graph_dilation": 3,
+    "semantic_threshold": 0.8,
+    "eta": 0.65,
+    "max_pairs": 32,
+    "use_rqc": True,
+    "no_object_weight": 0.1,
+    "loss_weights": PSGLossWeights(rel=1.0, rqc=0.6, mask=1.0),
+    "alpha": 0.34,
+    "use_diffusion_logits": True,
+    "use_pooled_logits": True,
+}
+
+
+def make_psg_config(feature_channels: Sequence[int], clip_dim: int = 16, **overrides) -> SpadePSGConfig:
+    """`SpadePSGConfig` from `PSG_TEST_VALUES` + `overrides`, each flat key sent to the section that has it."""
+    values = {"feature_channels": tuple(feature_channels), "clip_dim": clip_dim, **PSG_TEST_VALUES, **overrides}
+    sections = {}
+    for name, cls in (("architecture", ArchitectureConfig), ("criterion", CriterionConfig),
+                      ("inference", InferenceConfig)):
+        names = {f.name for f in fields(cls)}
+        sections[name] = cls(**{k: values.pop(k) for k in list(values) if k in names})
+    if values:
+        raise TypeError(f"make_psg_config: unknown fields {sorted(values)}")
+    return SpadePSGConfig(**sections)
 
 TINY_UNET_CONFIG = {
     "block_out_channels": (32, 64),

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from spade_core.psg.instance_decoder import InstanceDecoder, sine_position_encoding
+from spade_core.psg.instance_decoder import InstanceDecoder
+from spade_core.psg.position import sine_position_encoding
 
 
 def _pyramid(batch=2, dim=16, size=16, levels=4, seed=0):
@@ -79,12 +80,27 @@ def test_gradients_reach_every_parameter():
     assert all(p.grad.abs().sum() > 0 for p in pyramid[1:])
 
 
-def test_sine_position_encoding():
-    pe = sine_position_encoding(3, 5, 8)
-    assert pe.shape == (15, 8)
+@pytest.mark.parametrize("centred", [False, True])
+def test_sine_position_encoding(centred):
+    pe = sine_position_encoding(3, 5, 8, centred=centred)
+    assert pe.shape == (15, 8) and pe.dtype == torch.float32
     assert len({tuple(r.tolist()) for r in pe.round(decimals=5)}) == 15  # distinct per position
-    with pytest.raises(ValueError, match="even"):
-        sine_position_encoding(2, 2, 7)
+    assert sine_position_encoding(3, 5, 8, dtype=torch.float16, centred=centred).dtype == torch.float16
+    for dim in (7, 6):
+        with pytest.raises(ValueError, match="divisible by 4"):
+            sine_position_encoding(2, 2, dim, centred=centred)
+
+
+def test_sine_position_encoding_layouts():
+    """DETR: y then x, sin/cos interleaved per frequency, coordinates (i+1)/n; centred: sin block then cos
+    block per axis, coordinates (i+0.5)/n."""
+    # dim 8: per axis 2 frequencies (1 and 1/100); the first one's channels are checked
+    detr = sine_position_encoding(1, 2, 8).view(2, 8)  # x = pi, 2 pi (up to 1e-6)
+    torch.testing.assert_close(detr[0, 4:6], torch.tensor([0.0, -1.0]), atol=1e-4, rtol=0)  # sin, cos(pi)
+    torch.testing.assert_close(detr[1, 4:6], torch.tensor([0.0, 1.0]), atol=1e-4, rtol=0)
+    centred = sine_position_encoding(1, 2, 8, centred=True).view(2, 8)  # x = pi/2, 3 pi/2
+    torch.testing.assert_close(centred[0, 4:8:2], torch.tensor([1.0, 0.0]), atol=1e-4, rtol=0)  # sin, cos(pi/2)
+    torch.testing.assert_close(centred[1, 4:8:2], torch.tensor([-1.0, 0.0]), atol=1e-4, rtol=0)
 
 
 def test_bad_arguments():

@@ -4,14 +4,17 @@ import pytest
 import torch
 
 from spade_core.eval.sgdet import evaluate
-from spade_core.psg.model import PSGLossWeights, SpadePSG, detected_queries
+from spade_core.psg.config import PSGLossWeights, SpadePSGConfig
+from spade_core.psg.model import SpadePSG, detected_queries
 from spade_core.psg.postprocess import class_scores, rank_triplets
+
+from .conftest import make_psg_config
 
 
 def _model(channels, **kwargs) -> SpadePSG:
     torch.manual_seed(0)
     args = {"hidden_dim": 32, "num_queries": 8, "rgt_blocks": 2, "max_pairs": 12, "min_relation_objects": 4}
-    return SpadePSG(channels, 16, **{**args, **kwargs})
+    return SpadePSG(make_psg_config(channels, 16, **{**args, **kwargs}))
 
 
 def _run(model, d, **kwargs):
@@ -43,7 +46,8 @@ def test_loss_parts_and_weights(random_psg_inputs):
     for key in ("loss", "loss_rel", "loss_rqc", "loss_mask", "loss_ce", "loss_bce", "loss_dice", "loss_dice_2"):
         assert torch.isfinite(losses[key]), key
     assert losses["loss_rqc"] > 0
-    w = PSGLossWeights()
+    w = model.config.criterion.loss_weights
+    assert (w.ce, w.bce, w.dice) == (2.0, 5.0, 5.0)
     layer = [w.ce * losses[f"loss_ce{s}"] + w.bce * losses[f"loss_bce{s}"] + w.dice * losses[f"loss_dice{s}"]
              for s in ("", "_0", "_1", "_2")]
     torch.testing.assert_close(losses["loss_mask"], sum(layer))
@@ -122,8 +126,9 @@ def test_predict_format_and_ranking(random_psg_inputs):
     model = _model(d["channels"]).eval()
     out = _run(model, d)
     preds = model.predict(out, [(64, 64), (40, 48)], max_triplets=20, score_threshold=0.05)
-    obj = class_scores(out["class_logits"], out["pooled_obj_logits"], model.alpha)
-    rel = class_scores(out["rel_logits"], out["pooled_rel_logits"], model.alpha)
+    alpha = model.config.inference.alpha
+    obj = class_scores(out["class_logits"], out["pooled_obj_logits"], alpha)
+    rel = class_scores(out["rel_logits"], out["pooled_rel_logits"], alpha)
     for b, (pred, size) in enumerate(zip(preds, [(64, 64), (40, 48)])):
         keep = obj[b].max(-1).values > 0.05
         n = int(keep.sum())
@@ -151,7 +156,7 @@ def test_predict_format_and_ranking(random_psg_inputs):
 
 def _train(d: dict, steps: int, **kwargs) -> tuple[SpadePSG, float, float]:
     torch.manual_seed(0)
-    model = SpadePSG(d["channels"], 16, hidden_dim=32, num_queries=8, max_pairs=16, **kwargs)
+    model = SpadePSG(make_psg_config(d["channels"], 16, hidden_dim=32, num_queries=8, max_pairs=16, **kwargs))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     for step in range(steps):
         losses = model.loss(_run(model, d), d["targets"])
@@ -191,10 +196,12 @@ def test_overfit_default_model(synthetic_psg, single_thread):
 
 def test_config_round_trip(random_psg_inputs):
     d = random_psg_inputs
-    model = _model(d["channels"], use_lcl=False, loss_weights=PSGLossWeights(rqc=0.3)).eval()
-    config = json.loads(json.dumps(model.config))
-    assert config["use_lcl"] is False and config["loss_weights"]["rqc"] == 0.3 and config["max_pairs"] == 12
-    clone = SpadePSG(**config).eval()
+    weights = PSGLossWeights(rel=1.0, rqc=0.3, mask=1.0)
+    model = _model(d["channels"], use_lcl=False, loss_weights=weights).eval()
+    config = json.loads(json.dumps(model.config.to_dict()))
+    assert config["architecture"]["use_lcl"] is False and config["architecture"]["max_pairs"] == 12
+    assert config["criterion"]["loss_weights"]["rqc"] == 0.3
+    clone = SpadePSG(SpadePSGConfig.from_dict(config)).eval()
     clone.load_state_dict(model.state_dict())
-    assert clone.loss_weights == model.loss_weights
+    assert clone.config == model.config and clone.config.criterion.loss_weights == weights
     torch.testing.assert_close(_run(clone, d)["rel_logits"], _run(model, d)["rel_logits"])

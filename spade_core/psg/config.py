@@ -1,0 +1,209 @@
+"""Typed configuration of `SpadePSG`: what the model is built from and what its checkpoints record.
+
+`SpadePSGConfig` = `ArchitectureConfig` (the modules and the query / graph / pair selection of `forward`)
++ `CriterionConfig` (matching and training loss) + `InferenceConfig` (class-score fusion at `predict`).
+All are frozen dataclasses; `to_dict()` gives plain JSON-ready data and `from_dict()` rebuilds the config
+from it (strict: an unknown or a missing key, defaulted fields included, is an error, so a checkpoint never
+silently loads with other settings, e.g. after a design constant changed).
+
+Defaults: the fields the pipeline's ``params.yaml`` sets (``pipeline.params``, the one user-facing source of
+their defaults) have **no** default here and must be given; only the design constants that no parameter
+exposes (pyramid levels, relation-decoder depth, matching costs, ...) have defaults, and they live here only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+_T = TypeVar("_T")
+
+
+def _from_mapping(cls: type[_T], raw: Any, where: str, **converted: Any) -> _T:
+    """``cls(**raw)`` with errors naming ``where`` and the offending keys."""
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} (expected {names})")
+    missing = [n for n in names if n not in raw]  # strict, defaults included: what was saved is what loads
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing}")
+    return cls(**{**raw, **converted})
+
+
+class _Section:
+    """``to_dict`` / ``from_dict`` of a flat config dataclass; ``SECTION`` names it in error messages."""
+
+    SECTION: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[_T], raw: Mapping[str, Any]) -> _T:
+        return _from_mapping(cls, raw, cls.SECTION)
+
+
+@dataclass(frozen=True)
+class PSGLossWeights(_Section):
+    """`L = rel * L_rel + rqc * L_rqc + mask * L_mask`, `L_mask = sum over decoder outputs of
+    (ce * L_ce + bce * L_bce + dice * L_dice)` (Mask2Former's 2 / 5 / 5)."""
+
+    rel: float
+    rqc: float
+    mask: float
+    ce: float = 2.0
+    bce: float = 5.0
+    dice: float = 5.0
+
+    SECTION: ClassVar[str] = "loss_weights"
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig(_Section):
+    """The modules and the query / graph / relation-pair selection of `SpadePSG.forward`.
+
+    Args:
+        feature_channels: channels of the UNet block features (`UNetFeatureExtractor.channels`).
+        clip_dim: E, width of the CLIP text embeddings and of the dense CLIP map.
+        hidden_dim, num_queries, num_heads: D, Q, attention heads of every decoder / RGT layer.
+        decoder_layers: depth of the instance decoder Phi_ins.
+        rgt_blocks: RGT depth; use_lcnl, use_lcnnl, use_lcl: RGT parts (paper Table 6).
+        graph_dilation, semantic_threshold: spatial-semantic graph construction.
+        eta, max_pairs: relation-query cosine threshold and pair count P.
+        num_levels, relation_layers: pyramid levels and relation-decoder depth (4, 3).
+        object_threshold, min_relation_objects: queries with objectness `1 - p(no object)` above the threshold
+            (and at least the `min_relation_objects` most object-like ones) form the graph and the pairs;
+            the others (predicted "no object", with near-identical features) would crowd out the real pairs.
+    """
+
+    feature_channels: tuple[int, ...]
+    clip_dim: int
+    hidden_dim: int
+    num_queries: int
+    num_heads: int
+    decoder_layers: int
+    rgt_blocks: int
+    use_lcnl: bool
+    use_lcnnl: bool
+    use_lcl: bool
+    graph_dilation: int
+    semantic_threshold: float
+    eta: float
+    max_pairs: int
+    # design constants (not in params.yaml)
+    num_levels: int = 4
+    relation_layers: int = 3
+    object_threshold: float = 0.5
+    min_relation_objects: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.feature_channels, (str, bytes)) or not isinstance(self.feature_channels, Sequence):
+            raise TypeError(f"feature_channels must be a sequence of ints, got {self.feature_channels!r}")
+        object.__setattr__(self, "feature_channels", tuple(int(c) for c in self.feature_channels))
+        if not self.feature_channels:
+            raise ValueError("feature_channels must name at least one feature map")
+
+    SECTION: ClassVar[str] = "architecture"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "feature_channels": list(self.feature_channels)}
+
+
+@dataclass(frozen=True)
+class CriterionConfig(_Section):
+    """Hungarian matching and the training loss (`SpadePSG.loss`).
+
+    Args:
+        use_rqc: include L_rqc in the loss.
+        no_object_weight: CE weight of the "no object" class.
+        loss_weights: `PSGLossWeights`.
+        no_relation_weight: CE weight of the "no relation" class.
+        cost_class, cost_mask, cost_dice: Hungarian matching costs.
+        deep_supervision: match + mask losses on every earlier decoder output too.
+    """
+
+    use_rqc: bool
+    no_object_weight: float
+    loss_weights: PSGLossWeights
+    no_relation_weight: float = 0.1
+    cost_class: float = 2.0
+    cost_mask: float = 5.0
+    cost_dice: float = 5.0
+    deep_supervision: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.loss_weights, PSGLossWeights):
+            raise TypeError(f"loss_weights must be a PSGLossWeights, got {type(self.loss_weights).__name__}")
+
+    SECTION: ClassVar[str] = "criterion"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CriterionConfig:
+        weights = raw.get("loss_weights") if isinstance(raw, Mapping) else None
+        extra = {"loss_weights": PSGLossWeights.from_dict(weights)} if isinstance(weights, Mapping) else {}
+        return _from_mapping(cls, raw, "criterion", **extra)
+
+
+@dataclass(frozen=True)
+class InferenceConfig(_Section):
+    """Class scores at inference (`SpadePSG.predict`, and whether `forward` computes the pooled logits).
+
+    Args:
+        alpha: fusion weight of the decoder classifier, `P = P_diff^alpha * P_pool^(1-alpha)`.
+        use_diffusion_logits, use_pooled_logits: classification sources (paper Table 7); the decoder
+            classifier is always trained (matching needs it) and always gives the objectness.
+        pooled_temperature: logit scale of the pooled CLIP classification (CLIP's 100).
+    """
+
+    alpha: float
+    use_diffusion_logits: bool
+    use_pooled_logits: bool
+    pooled_temperature: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not (self.use_diffusion_logits or self.use_pooled_logits):
+            raise ValueError("use_diffusion_logits and use_pooled_logits cannot both be False")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    SECTION: ClassVar[str] = "inference"
+
+
+@dataclass(frozen=True)
+class SpadePSGConfig:
+    """Everything `SpadePSG` is built from: `SpadePSG(config)`; `SpadePSG(SpadePSGConfig.from_dict(
+    model.config.to_dict()))` rebuilds the same model (JSON round trip)."""
+
+    architecture: ArchitectureConfig
+    criterion: CriterionConfig
+    inference: InferenceConfig
+
+    def __post_init__(self) -> None:
+        for name, kind in (("architecture", ArchitectureConfig), ("criterion", CriterionConfig),
+                           ("inference", InferenceConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready nested dict ``{"architecture": ..., "criterion": ..., "inference": ...}``."""
+        return {
+            "architecture": self.architecture.to_dict(),
+            "criterion": self.criterion.to_dict(),
+            "inference": self.inference.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> SpadePSGConfig:
+        """Inverse of `to_dict` (strict: unknown or missing keys raise `ValueError`)."""
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"SpadePSG config: expected a mapping, got {type(raw).__name__}")
+        sections = {"architecture": ArchitectureConfig, "criterion": CriterionConfig, "inference": InferenceConfig}
+        unknown, missing = sorted(set(raw) - set(sections)), [s for s in sections if s not in raw]
+        if unknown or missing:
+            raise ValueError(f"SpadePSG config: expected sections {list(sections)}; unknown {unknown}, "
+                             f"missing {missing}")
+        return cls(**{name: kind.from_dict(raw[name]) for name, kind in sections.items()})

@@ -1,0 +1,89 @@
+import dataclasses
+import json
+
+import pytest
+
+from spade_core.psg.config import (
+    ArchitectureConfig,
+    CriterionConfig,
+    InferenceConfig,
+    PSGLossWeights,
+    SpadePSGConfig,
+)
+from spade_core.psg.model import SpadePSG
+
+from .conftest import make_psg_config
+
+
+def test_json_round_trip():
+    config = make_psg_config([32, 64], 16, use_lcl=False, eta=0.3, deep_supervision=False,
+                             loss_weights=PSGLossWeights(rel=0.5, rqc=0.1, mask=2.0, dice=4.0))
+    raw = json.loads(json.dumps(config.to_dict()))
+    assert list(raw) == ["architecture", "criterion", "inference"]
+    assert raw["architecture"]["feature_channels"] == [32, 64]
+    assert raw["criterion"]["loss_weights"] == {"rel": 0.5, "rqc": 0.1, "mask": 2.0, "ce": 2.0, "bce": 5.0,
+                                                "dice": 4.0}
+    back = SpadePSGConfig.from_dict(raw)
+    assert back == config
+    assert isinstance(back.architecture.feature_channels, tuple)
+    assert isinstance(back.criterion.loss_weights, PSGLossWeights)
+
+
+def test_configs_are_frozen_and_coerce_channels():
+    config = make_psg_config([32, 64])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.architecture.hidden_dim = 8
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.criterion.loss_weights.rel = 2.0
+    assert config.architecture.feature_channels == (32, 64)
+    with pytest.raises(TypeError, match="feature_channels"):
+        dataclasses.replace(config.architecture, feature_channels=32)
+    with pytest.raises(ValueError, match="at least one"):
+        dataclasses.replace(config.architecture, feature_channels=[])
+
+
+def test_params_set_fields_have_no_defaults_here():
+    """Fields that params.yaml sets take their defaults from pipeline.params only: none here."""
+    from_params = {
+        ArchitectureConfig: {"feature_channels", "clip_dim", "hidden_dim", "num_queries", "num_heads",
+                             "decoder_layers", "rgt_blocks", "use_lcnl", "use_lcnnl", "use_lcl", "graph_dilation",
+                             "semantic_threshold", "eta", "max_pairs"},
+        CriterionConfig: {"use_rqc", "no_object_weight", "loss_weights"},
+        InferenceConfig: {"alpha", "use_diffusion_logits", "use_pooled_logits"},
+        PSGLossWeights: {"rel", "rqc", "mask"},
+    }
+    for cls, names in from_params.items():
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        assert required == names, cls.__name__
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="cannot both be False"):
+        make_psg_config([8], use_diffusion_logits=False, use_pooled_logits=False)
+    with pytest.raises(ValueError, match="alpha"):
+        make_psg_config([8], alpha=1.5)
+    with pytest.raises(TypeError, match="loss_weights"):
+        make_psg_config([8], loss_weights={"rel": 1.0, "rqc": 0.6, "mask": 1.0})
+    with pytest.raises(TypeError, match="SpadePSGConfig"):
+        SpadePSG({"architecture": {}})
+
+
+def test_from_dict_is_strict():
+    raw = make_psg_config([8, 16]).to_dict()
+    with pytest.raises(ValueError, match=r"architecture: unknown keys \['rgt_depth'\]"):
+        SpadePSGConfig.from_dict({**raw, "architecture": {**raw["architecture"], "rgt_depth": 2}})
+    arch = {k: v for k, v in raw["architecture"].items() if k != "eta"}
+    with pytest.raises(ValueError, match=r"architecture: missing keys \['eta'\]"):
+        SpadePSGConfig.from_dict({**raw, "architecture": arch})
+    with pytest.raises(ValueError, match=r"missing \['inference'\]"):
+        SpadePSGConfig.from_dict({k: v for k, v in raw.items() if k != "inference"})
+    with pytest.raises(ValueError, match="unknown"):
+        SpadePSGConfig.from_dict({**raw, "hidden_dim": 32})  # a flat (pre-config) checkpoint
+    lw = {k: v for k, v in raw["criterion"]["loss_weights"].items() if k != "rqc"}
+    with pytest.raises(ValueError, match=r"loss_weights: missing keys \['rqc'\]"):
+        SpadePSGConfig.from_dict({**raw, "criterion": {**raw["criterion"], "loss_weights": lw}})
+    # strict for defaulted fields too: a checkpoint records every value it was built with
+    crit = {k: v for k, v in raw["criterion"].items() if k != "cost_dice"}
+    with pytest.raises(ValueError, match=r"criterion: missing keys \['cost_dice'\]"):
+        SpadePSGConfig.from_dict({**raw, "criterion": crit})
