@@ -19,6 +19,7 @@ from pipeline.params import ScopedParams
 from pipeline.stores import InversionStore
 
 PARAMS = ("data.split", "model.dtype", "model.device", "model.image_size", "invert")
+RUN_DEPENDENT = ("images_per_second_rank0", "world_size")
 
 
 def run(p: ScopedParams) -> None:
@@ -40,7 +41,9 @@ def finish(
 ) -> None:
     """Rank 0, every shard written: the store's manifest and ``invert_metrics.json``."""
     metrics = inversion_metrics(store, models, p, stats, ctx.world_size, records)
-    store.write_manifest(metrics)
+    # the store is a cached DVC output: keep run-dependent figures (speed, process count) out of it, so two runs
+    # that write the same arrays give the same artifact hash; they live in invert_metrics.json only
+    store.write_manifest({k: v for k, v in metrics.items() if k not in RUN_DEPENDENT})
     atomic_write_json(paths.INVERT_METRICS, metrics, indent=2)
     print(f"invert: {metrics['num_images']} images -> {paths.INVERT_STORE}")
 
