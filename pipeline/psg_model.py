@@ -100,6 +100,17 @@ def save_trained(train_dir: Path, model: SpadePSG, meta: dict) -> None:
         (tmp / CONFIG_FILE).write_text(text)
 
 
+@torch.no_grad()
+def text_embeddings(
+    clip, object_names: Sequence[str], predicate_names: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP text embeddings of object and predicate names (prompt templates averaged): ([O, E], [P, E]) float32.
+    The classifier's weights, in training (base vocabulary) and at test time (any vocabulary) alike."""
+    obj = encode_text(clip, list(object_names), OBJECT_TEMPLATES)
+    pred = encode_text(clip, list(predicate_names), PREDICATE_TEMPLATES)
+    return obj.float(), pred.float()
+
+
 @dataclass
 class TrainedPSG:
     model: SpadePSG
@@ -113,9 +124,7 @@ class TrainedPSG:
         if not object_names or not predicate_names:
             raise ValueError("the object and predicate vocabularies must each name at least one class")
         device = next(self.model.parameters()).device
-        obj = encode_text(self.models.clip, list(object_names), OBJECT_TEMPLATES).float().to(device)
-        pred = encode_text(self.models.clip, list(predicate_names), PREDICATE_TEMPLATES).float().to(device)
-        return obj, pred
+        return tuple(x.to(device) for x in text_embeddings(self.models.clip, object_names, predicate_names))
 
     @torch.no_grad()
     def predict(

@@ -32,9 +32,7 @@ from pipeline.hashing import json_digest, tree_digest
 from pipeline.images import load_images
 from pipeline.models import LoadedModels
 from pipeline.params import ModelParams, TrainParams
-from pipeline.psg_data import Vocabulary
 from pipeline.student import Student
-from spade_core.calibration.clip import OBJECT_TEMPLATES, PREDICATE_TEMPLATES, encode_text
 from spade_core.psg.model import SpadePSG
 
 CURVE_FIELDS = ("step", "epoch", "lr", "loss", "loss_rel", "loss_rqc", "loss_mask")
@@ -42,14 +40,6 @@ LOSS_KEYS = ("loss", "loss_rel", "loss_rqc", "loss_mask")
 FEATURE_BATCH = 16
 
 FeatureFn = Callable[[list[int]], tuple[list[torch.Tensor], torch.Tensor]]
-
-
-@torch.no_grad()
-def text_embeddings(clip, vocab: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP text embeddings of a vocabulary's object and predicate names: ([O, E], [P, E]) float32."""
-    obj = encode_text(clip, list(vocab.object_names), OBJECT_TEMPLATES)
-    pred = encode_text(clip, list(vocab.predicate_names), PREDICATE_TEMPLATES)
-    return obj.float(), pred.float()
 
 
 def feature_source(frozen: FrozenFeatures, records: list[IndexRecord], size: int, identity: dict, name: str,

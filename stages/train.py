@@ -21,7 +21,7 @@ from pipeline.engine import write_curve
 from pipeline.models import load_models, resolve_device
 from pipeline.params import ScopedParams
 from pipeline.psg_data import training_target, vocabularies
-from pipeline.psg_model import build_psg_model, save_trained
+from pipeline.psg_model import build_psg_model, save_trained, text_embeddings
 from pipeline.psg_training import (
     CURVE_FIELDS,
     PSGTraining,
@@ -29,7 +29,6 @@ from pipeline.psg_training import (
     feature_source,
     frozen_features,
     settings_digest,
-    text_embeddings,
     train_psg,
     training_identity,
 )
@@ -49,7 +48,7 @@ def run(p: ScopedParams) -> None:
     records = read_index(paths.index_path("train"))
     split = read_split_file(paths.SPLIT_JSON)
     base, full = vocabularies(read_classes(paths.CLASSES_JSON), split)
-    obj_text, pred_text = (x.to(device) for x in text_embeddings(models.clip, base))
+    obj_text, pred_text = (x.to(device) for x in text_embeddings(models.clip, base.object_names, base.predicate_names))
     identity = training_identity(models, paths.CALIBRATE)
     frozen = frozen_features(models, student, m)
     cache_key = {**identity, "images": [r.image_id for r in records], "size": m.image_size,
