@@ -134,6 +134,43 @@ def match_image(
     return first
 
 
+class RecallAccumulator:
+    """Per-image triplet recall and per-predicate recall ``R_c^K``, accumulated image by image.
+
+    ``add(first, relations)``: ``first`` int ``[G]``, the rank of the first prediction matching each GT relation
+    (-1: none), ``relations`` int ``[G, 3]``. ``summary(subset)``: ``R@K`` (mean over images), ``mR@K`` (mean of
+    ``R_c^K`` over ``subset``, 0 for a predicate never seen), ``per_predicate@K``, ``num_images``,
+    ``predicate_counts``. With no image, R@K is NaN and mR@K 0.
+    """
+
+    def __init__(self, ks: Sequence[int], num_predicates: int):
+        self.ks, self.num_predicates = list(ks), num_predicates
+        self.image_recall: list[np.ndarray] = []  # per evaluated image: [len(ks)]
+        self.collect: list[list[list[float]]] = [[[] for _ in range(num_predicates)] for _ in self.ks]
+
+    def add(self, first: np.ndarray, relations: np.ndarray) -> None:
+        hits = (first[None, :] >= 0) & (first[None, :] < np.asarray(self.ks)[:, None])  # [len(ks), G]
+        self.image_recall.append(hits.sum(axis=1) / relations.shape[0])
+        count = np.bincount(relations[:, 2], minlength=self.num_predicates)
+        for c in np.nonzero(count)[0]:
+            of_c = relations[:, 2] == c
+            for j in range(len(self.ks)):
+                self.collect[j][c].append(float(hits[j, of_c].sum() / count[c]))
+
+    def summary(self, subset: np.ndarray | None = None) -> dict[str, Any]:
+        subset = np.arange(self.num_predicates) if subset is None else subset
+        out: dict[str, Any] = {}
+        recalls = np.asarray(self.image_recall, dtype=np.float64).reshape(-1, len(self.ks))
+        for j, k in enumerate(self.ks):
+            per_pred = np.array([np.mean(v) if v else 0.0 for v in self.collect[j]], dtype=np.float64)
+            out[f"R@{k}"] = float(np.mean(recalls[:, j])) if recalls.shape[0] else float("nan")
+            out[f"mR@{k}"] = float(np.mean(per_pred[subset]))
+            out[f"per_predicate@{k}"] = per_pred
+        out["num_images"] = recalls.shape[0]
+        out["predicate_counts"] = np.array([len(v) for v in self.collect[0]], dtype=np.int64)
+        return out
+
+
 def evaluate(
     gt_images: Sequence[dict],
     pred_images: Sequence[dict | None],
@@ -179,10 +216,7 @@ def evaluate(
         raise ValueError(f"predicate_subset must be a non-empty list of distinct ids, got {predicate_subset}")
     _check_range(subset, num_predicates, "predicate_subset id")
     kmax = max(ks)
-    kk = np.asarray(ks)[:, None]
-
-    image_recall: list[np.ndarray] = []  # per evaluated image: [len(ks)]
-    collect: list[list[list[float]]] = [[[] for _ in range(num_predicates)] for _ in ks]
+    acc = RecallAccumulator(ks, num_predicates)
     num_skipped = 0
     for i, (gt, pred) in enumerate(zip(gt_images, pred_images)):
         relations = _index_array(_get(gt, "relations", "gt", i), "gt relations", i, (3,))
@@ -212,24 +246,10 @@ def evaluate(
             first = match_image(gt_masks, gt_labels, relations, pred_masks, pred_labels,
                                 triplets[:kmax], iou_thr)
 
-        hits = (first[None, :] >= 0) & (first[None, :] < kk)  # [len(ks), G]
-        image_recall.append(hits.sum(axis=1) / num_gt)
-        count = np.bincount(relations[:, 2], minlength=num_predicates)
-        for c in np.nonzero(count)[0]:
-            of_c = relations[:, 2] == c
-            for j in range(len(ks)):
-                collect[j][c].append(float(hits[j, of_c].sum() / count[c]))
+        acc.add(first, relations)
 
-    out: dict[str, Any] = {}
-    recalls = np.asarray(image_recall, dtype=np.float64).reshape(-1, len(ks))
-    for j, k in enumerate(ks):
-        per_pred = np.array([np.mean(v) if v else 0.0 for v in collect[j]], dtype=np.float64)
-        out[f"R@{k}"] = float(np.mean(recalls[:, j])) if recalls.shape[0] else float("nan")
-        out[f"mR@{k}"] = float(np.mean(per_pred[subset]))
-        out[f"per_predicate@{k}"] = per_pred
-    out["num_images"] = recalls.shape[0]
+    out = acc.summary(subset)
     out["num_skipped"] = num_skipped
-    out["predicate_counts"] = np.array([len(v) for v in collect[0]], dtype=np.int64)
     return out
 
 

@@ -75,13 +75,20 @@ class HungarianMatcher(nn.Module):
                 f"class_logits {tuple(class_logits.shape)} and mask_logits {tuple(mask_logits.shape)} disagree on [B,Q]"
             )
         check_targets(mask_logits, targets)
-        indices = []
-        for b, t in enumerate(targets):
-            if t["labels"].numel() == 0:
-                empty = torch.zeros(0, dtype=torch.long)
-                indices.append((empty, empty.clone()))
-                continue
-            cost = self.cost_matrix(class_logits[b], mask_logits[b], t["labels"].long(), t["masks"])
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
-        return indices
+        return hungarian_indices(
+            targets, lambda b, t: self.cost_matrix(class_logits[b], mask_logits[b], t["labels"].long(), t["masks"])
+        )
+
+
+def hungarian_indices(targets: list[dict], cost_of) -> list[tuple[Tensor, Tensor]]:
+    """Per image the optimal (query, target) assignment of the cost ``cost_of(b, targets[b])`` ``[Q,S]``
+    (``scipy.optimize.linear_sum_assignment``); images without targets get empty index tensors. CPU long tensors."""
+    indices = []
+    for b, t in enumerate(targets):
+        if t["labels"].numel() == 0:
+            empty = torch.zeros(0, dtype=torch.long)
+            indices.append((empty, empty.clone()))
+            continue
+        rows, cols = linear_sum_assignment(cost_of(b, t).cpu().numpy())
+        indices.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
+    return indices
