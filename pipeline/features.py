@@ -32,6 +32,10 @@ class FrozenFeatures:
     With ``pixel_stride`` the image itself, area-downsampled to stride ``pixel_stride`` and scaled to [-1, 1],
     is appended as a last 3-channel map: the pyramid's high-resolution input (the role of Mask2Former's
     stride-4 backbone level), since the finest UNet map is at the latent stride (8). Ours, not the paper's.
+
+    Dtypes: the VAE and UNet run in the run's dtype (``model.dtype``; float32 latents and conditioning are cast
+    to it at the call, by ``encode_images`` and ``UNetFeatureExtractor``); CLIP and the captioner run in float32;
+    everything returned is float32, for the float32 PSG head (the cache stores float16).
     """
 
     def __init__(

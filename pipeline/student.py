@@ -37,6 +37,7 @@ from spade_core.calibration import (
     set_calibration_mode,
 )
 from spade_core.calibration.clip import ClipModels
+from spade_core.calibration.lora import ADAPTER_NAME
 from spade_core.diffusion import AttentionCapture, encode_images, encode_prompts
 
 STUDENT_FORMAT = 1
@@ -44,7 +45,9 @@ STUDENT_FORMAT = 1
 
 @dataclass
 class Student:
-    """The student parts. ``unet`` and ``vae`` are in the run's dtype; ``captioner`` float32."""
+    """The student parts. ``unet`` and ``vae`` are in the run's dtype (its LoRA weights float32, as trained);
+    ``captioner`` float32. Inputs are cast to the UNet dtype at each call (``student_maps``,
+    ``spade_core.psg.UNetFeatureExtractor``)."""
 
     unet: nn.Module
     captioner: ImplicitCaptioner
@@ -165,8 +168,16 @@ def load_student(models: LoadedModels, calibrate_dir: str | Path = paths.CALIBRA
     unet = models.diffusion.unet
     device, dtype = next(unet.parameters()).device, next(unet.parameters()).dtype
     if config["mode"] == "lora":
+        from peft.utils import set_peft_model_state_dict
+
         state = load_file(str(calibrate_dir / "lora.safetensors"))
-        load_lora_state_dict(unet, state, config["lora_rank"], config["lora_alpha"], config["lora_targets"])
+        lora = load_lora_state_dict(unet, state, config["lora_rank"], config["lora_alpha"], config["lora_targets"])
+        if any(q.dtype != torch.float32 for q in lora):
+            # half UNet: peft created (and loaded) the adapter in the UNet's dtype; keep the float32 weights the
+            # calibration trained and saved (as build_student does), loaded again without rounding
+            for q in lora:
+                q.data = q.data.float()
+            set_peft_model_state_dict(unet, state, adapter_name=ADAPTER_NAME)
     elif config["mode"] == "full":
         from diffusers import UNet2DConditionModel
 

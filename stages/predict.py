@@ -4,6 +4,9 @@ The classifier is open-vocabulary: with ``--objects`` / ``--predicates`` (text f
 names are embedded with the CLIP text encoder and the model classifies against them instead of the dataset's
 vocabulary. Writes, per image, ``<out>/<stem>.png`` (masks + top triplets) and ``<out>/<stem>.json`` (the scene
 graph: objects with class, score and box; triplets ranked by score).
+
+``dtype`` (``float32`` | ``bfloat16`` | ``float16``) is that of the UNet, VAE and text encoder, as
+``model.dtype`` in the stages; the PSG head and CLIP stay float32.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def predict_files(
     top_k: int = 5,
     max_triplets: int = 100,
     device: str = "cpu",
+    dtype: str = "float32",
 ) -> list[Path]:
     arrays = []
     for path in images:
@@ -74,7 +78,7 @@ def predict_files(
     classes = read_classes(paths.CLASSES_JSON)
     object_names = read_vocabulary(objects, classes.object_names, "object")
     predicate_names = read_vocabulary(predicates, classes.predicate_names, "predicate")
-    trained = load_trained(load_models(paths.MODELS, device=device))
+    trained = load_trained(load_models(paths.MODELS, device=device, dtype=dtype))
     obj_text, pred_text = trained.vocabulary_embeddings(object_names, predicate_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -23,10 +23,19 @@ BELM with ``k = N``) makes one extra UNet call at ``(x_k, t_k)``; ``k = N`` is `
 ``teacher_maps(..., regenerate=True)`` runs the explicit regeneration pass instead (sampling from the inverted
 noise, recording its call at ``t_k``), which for DDIM sees the drifted regenerated latent.
 
-The UNet runs in its own dtype (inputs cast to ``unet.dtype``); latents and updates stay in float32 (float64
-latents stay float64). ``scheduler_config`` is a diffusers scheduler config (``None``: SD's); its
-``prediction_type`` (``epsilon`` | ``v_prediction`` | ``sample``) is converted to ``eps`` at the evaluated
-timestep. Classifier-free guidance is not applied (guidance scale 1).
+The UNet runs in its own dtype (inputs cast to ``unet.dtype``); latents and updates run in ``latent_dtype``
+(default float32; float64 latents stay float64). ``scheduler_config`` is a diffusers scheduler config
+(``None``: SD's); its ``prediction_type`` (``epsilon`` | ``v_prediction`` | ``sample``) is converted to ``eps``
+at the evaluated timestep. Classifier-free guidance is not applied (guidance scale 1).
+
+Exactness per dtype (docs/INVERSION.md §6). A BELM round trip is exact only if sampling feeds the UNet the very
+inputs the inversion fed it. With a bfloat16 / float16 UNet and float32 latents it does not: the float32
+round-off of the retraced latents (~1e-7, amplified by the recurrence) moves some elements across a half-
+precision rounding boundary when they are cast to the UNet dtype, the UNet output changes by a half-precision
+ulp there, and the recurrence amplifies that. Measured ``||x0_rec - x0|| / ||x0||`` (tiny random UNet, batch 4,
+4 / 10 / 50 steps, CPU): float32 UNet 3.8e-7 / 1.4e-6 / 9.7e-6; bfloat16 UNet 2.8e-3 / 1.9e-3 / 4.7e-2; float16
+UNet 6.1e-4 / 1.0e-3 / 7.2e-3. ``latent_dtype=torch.float64`` removes it at no UNet cost (the UNet still runs in
+its own dtype; only the element-wise updates are float64): 2.6e-16 / 4.1e-16 / 1.9e-15 for every UNet dtype.
 """
 
 from __future__ import annotations
@@ -85,24 +94,29 @@ class _Eps:
 
 
 def _setup(unet: nn.Module, x: Tensor, cond: Tensor, method: str, num_steps: int, scheduler_config: Any,
-           capture: AttentionCapture | None, capture_step: int) -> tuple[Tensor, TimestepGrid, _Eps]:
+           capture: AttentionCapture | None, capture_step: int,
+           latent_dtype: torch.dtype | None = None) -> tuple[Tensor, TimestepGrid, _Eps]:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     config = SD_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config
     grid = grid_from_config(config, num_steps)
     if capture is not None and not 1 <= capture_step <= num_steps:
         raise ValueError(f"capture_step must be in [1, num_steps={num_steps}], got {capture_step}")
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    if latent_dtype is not None and latent_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"latent_dtype must be torch.float32 or torch.float64, got {latent_dtype}")
+    x = x.to(torch.promote_types(x.dtype, latent_dtype or torch.float32))
     eps = _Eps(unet, cond.to(x.device), x.shape[0], grid, config.get("prediction_type", "epsilon"), capture,
                capture_step)
     return x, grid, eps
 
 
 @torch.no_grad()
-def _invert(unet, latents, cond, method, num_steps, scheduler_config, capture, capture_step) -> tuple[Tensor, int]:
+def _invert(unet, latents, cond, method, num_steps, scheduler_config, capture, capture_step,
+            latent_dtype=None) -> tuple[Tensor, int]:
     if latents.ndim != 4:
         raise ValueError(f"latents must be [B, C, h, w], got {tuple(latents.shape)}")
-    x, grid, eps = _setup(unet, latents, cond, method, num_steps, scheduler_config, capture, capture_step)
+    x, grid, eps = _setup(unet, latents, cond, method, num_steps, scheduler_config, capture, capture_step,
+                          latent_dtype)
     n = grid.num_steps
     if method == "ddim":
         for i in range(1, n + 1):
@@ -119,12 +133,14 @@ def _invert(unet, latents, cond, method, num_steps, scheduler_config, capture, c
 
 
 @torch.no_grad()
-def _sample(unet, noise, cond, method, num_steps, scheduler_config, capture, capture_step) -> tuple[Tensor, int]:
+def _sample(unet, noise, cond, method, num_steps, scheduler_config, capture, capture_step,
+            latent_dtype=None) -> tuple[Tensor, int]:
     pair = method == "belm" and noise.ndim == 5
     if not (noise.ndim == 4 or (pair and noise.shape[1] == 2)):
         want = "[B, 2, C, h, w] (x_N, x_{N-1}) or [B, C, h, w]" if method == "belm" else "[B, C, h, w]"
         raise ValueError(f"noise must be {want} for method={method!r}, got {tuple(noise.shape)}")
-    x, grid, eps = _setup(unet, noise, cond, method, num_steps, scheduler_config, capture, capture_step)
+    x, grid, eps = _setup(unet, noise, cond, method, num_steps, scheduler_config, capture, capture_step,
+                          latent_dtype)
     n = grid.num_steps
     if method == "ddim":
         for i in range(n, 0, -1):
@@ -142,7 +158,8 @@ def _sample(unet, noise, cond, method, num_steps, scheduler_config, capture, cap
 
 
 def invert(unet: nn.Module, latents: Tensor, cond: Tensor, *, method: str, num_steps: int,
-           scheduler_config: Any = None, capture: AttentionCapture | None = None, capture_step: int = 1) -> Tensor:
+           scheduler_config: Any = None, capture: AttentionCapture | None = None, capture_step: int = 1,
+           latent_dtype: torch.dtype | None = None) -> Tensor:
     """Invert clean latents ``x_0`` [B, C, h, w] to noise.
 
     Args:
@@ -154,19 +171,25 @@ def invert(unet: nn.Module, latents: Tensor, cond: Tensor, *, method: str, num_s
         scheduler_config: diffusers scheduler config (``None``: Stable Diffusion's).
         capture: if given, record its maps at the UNet call ``eps(x_k, t_k)``, ``k = capture_step`` (module doc).
         capture_step: grid point k in [1, N] whose call is recorded (1: final denoising step).
+        latent_dtype: dtype of the latents and updates (None: float32, or float64 for float64 input);
+            ``torch.float64`` makes a BELM round trip exact with a half-precision UNet (module doc).
 
     Returns:
         DDIM: ``x_N`` [B, C, h, w]; BELM: ``(x_N, x_{N-1})`` stacked as [B, 2, C, h, w]. float32 (or float64).
     """
-    return _invert(unet, latents, cond, method, num_steps, scheduler_config, capture, capture_step)[0]
+    return _invert(unet, latents, cond, method, num_steps, scheduler_config, capture, capture_step,
+                   latent_dtype)[0]
 
 
 def sample(unet: nn.Module, noise: Tensor, cond: Tensor, *, method: str, num_steps: int,
-           scheduler_config: Any = None, capture: AttentionCapture | None = None, capture_step: int = 1) -> Tensor:
+           scheduler_config: Any = None, capture: AttentionCapture | None = None, capture_step: int = 1,
+           latent_dtype: torch.dtype | None = None) -> Tensor:
     """Denoise to ``x_0`` [B, C, h, w]: DDIM (eta = 0) from ``x_N``, BELM from the pair [B, 2, C, h, w] that
     :func:`invert` returns (exact up to round-off) or from ``x_N`` alone [B, C, h, w] (DDIM first step).
-    With ``capture``, its maps are recorded at the call ``eps(x_k, t_k)``, ``k = capture_step`` (default: last)."""
-    return _sample(unet, noise, cond, method, num_steps, scheduler_config, capture, capture_step)[0]
+    With ``capture``, its maps are recorded at the call ``eps(x_k, t_k)``, ``k = capture_step`` (default: last).
+    ``latent_dtype`` as in :func:`invert` (an exact round trip needs the pair in float64 both ways)."""
+    return _sample(unet, noise, cond, method, num_steps, scheduler_config, capture, capture_step,
+                   latent_dtype)[0]
 
 
 @dataclass
@@ -180,22 +203,26 @@ class TeacherMaps:
 
 def teacher_maps(unet: nn.Module, latents: Tensor, cond: Tensor, *, method: str, num_steps: int,
                  capture: AttentionCapture | None = None, regenerate: bool = False, capture_step: int = 1,
-                 size: tuple[int, int] | None = None, scheduler_config: Any = None) -> TeacherMaps:
+                 size: tuple[int, int] | None = None, scheduler_config: Any = None,
+                 latent_dtype: torch.dtype | None = None) -> TeacherMaps:
     """Invert ``latents`` and return the teacher's cross-attention maps at denoising step ``capture_step``.
 
     ``regenerate=False``: maps recorded during inversion (BELM: N UNet calls; DDIM: N + 1).
     ``regenerate=True``: invert, then the explicit regeneration pass records them (BELM 2N - 1, DDIM 2N calls).
     ``capture`` defaults to a temporary :class:`AttentionCapture` over all ``attn2`` layers (removed after);
-    ``size`` is passed to :meth:`AttentionCapture.maps`.
+    ``size`` is passed to :meth:`AttentionCapture.maps`; ``latent_dtype`` as in :func:`invert`.
     """
     own = capture is None
     capture = AttentionCapture(unet) if own else capture
     try:
         if regenerate:
-            noise, calls = _invert(unet, latents, cond, method, num_steps, scheduler_config, None, capture_step)
-            calls += _sample(unet, noise, cond, method, num_steps, scheduler_config, capture, capture_step)[1]
+            noise, calls = _invert(unet, latents, cond, method, num_steps, scheduler_config, None, capture_step,
+                                   latent_dtype)
+            calls += _sample(unet, noise, cond, method, num_steps, scheduler_config, capture, capture_step,
+                             latent_dtype)[1]
         else:
-            noise, calls = _invert(unet, latents, cond, method, num_steps, scheduler_config, capture, capture_step)
+            noise, calls = _invert(unet, latents, cond, method, num_steps, scheduler_config, capture, capture_step,
+                                   latent_dtype)
         maps = capture.maps(size)
     finally:
         if own:
