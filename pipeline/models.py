@@ -4,9 +4,10 @@ The ``models`` stage writes ``artifacts/models/manifest.json``:
 
 * ``model.preset: tiny`` (default): the embedded teacher shipped in ``teacher/weights`` (a tiny text-to-image
   model trained on the synthetic scenes, see ``teacher/weights/MODEL_CARD.md``) is copied into
-  ``artifacts/models/diffusion``; the tiny open_clip model is built from its config with ``model.seed``;
-* ``model.preset: tiny-random``: the tiny diffusion models are built from configs with ``model.seed`` too
-  (random init: fastest, but their maps mean nothing);
+  ``artifacts/models/diffusion``, and the embedded CLIP shipped in ``teacher/clip`` (a tiny open_clip model
+  pre-trained on other synthetic scenes, see ``teacher/clip/MODEL_CARD.md``) into ``artifacts/models/clip``;
+* ``model.preset: tiny-random``: the tiny diffusion models and the tiny open_clip model are built from configs
+  with ``model.seed`` (random init: fastest, but their maps and features mean nothing);
 * ``model.preset: sd``: the manifest points at the user's Stable Diffusion folder and open_clip checkpoint.
 
 Every later stage loads through :func:`load_models`, i.e. through the libraries' own loaders, and records the
@@ -65,8 +66,6 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
-
-
 def copy_embedded_teacher(dest: Path, source: Path = paths.TEACHER_WEIGHTS) -> Path:
     """Copy the shipped teacher's components (diffusers layout) to ``dest``, replacing what is there."""
     missing = [c for c in COMPONENTS if not (source / c).is_dir()]
@@ -78,6 +77,22 @@ def copy_embedded_teacher(dest: Path, source: Path = paths.TEACHER_WEIGHTS) -> P
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(source, dest, ignore=shutil.ignore_patterns("*.md", "training.json"))
     return dest
+
+
+def copy_embedded_clip(dest: Path, source: Path = paths.EMBEDDED_CLIP) -> Path:
+    """Copy the shipped CLIP's architecture JSON and checkpoint to ``dest``; returns the checkpoint path."""
+    files = [source / f"{TINY_CLIP_ARCH}.json", source / f"{TINY_CLIP_ARCH}.safetensors"]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"model.preset=tiny: the embedded CLIP {source} lacks {missing}; restore it from git "
+            "(`git checkout -- teacher/clip`), retrain it (`spade train-clip`), or use model.preset=tiny-random"
+        )
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for f in files:
+        shutil.copyfile(f, dest / f.name)
+    return dest / files[1].name
 
 
 def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str, Any]:
@@ -92,7 +107,11 @@ def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str,
             shutil.rmtree(diff_dir, ignore_errors=True)
             build_tiny_diffusion_models(diff_dir, seed=model_params.seed)
         clip_dir = out_dir / "clip"
-        clip_ckpt = build_tiny_clip(clip_dir, seed=model_params.seed)
+        if preset == "tiny":
+            clip_ckpt = copy_embedded_clip(clip_dir)
+        else:
+            shutil.rmtree(clip_dir, ignore_errors=True)
+            clip_ckpt = build_tiny_clip(clip_dir, seed=model_params.seed)
         clip_arch = str(clip_dir / f"{TINY_CLIP_ARCH}.json")
         diffusion = {"path": "diffusion", "relative": True}
         clip = {"arch": clip_arch.replace(str(out_dir) + "/", ""), "checkpoint": Path(clip_ckpt).name, "relative": True}

@@ -2,8 +2,12 @@
 
 Every stage reads its parameters through :func:`load_params`, which validates the whole file against
 :class:`Params` (pydantic v2): unknown keys, wrong types and out-of-range values fail at load time with a
-message naming the dotted key and the constraint. A stage then sees only the keys it declares (see
-:class:`ScopedParams`), so ``dvc.yaml`` can list exactly the parameters each stage depends on.
+message naming the dotted key and the constraint. Every constraint that can be checked from the file alone
+is checked here, not in a later stage (``model.image_size`` a multiple of the VAE factor 8, ``model.hidden_dim``
+divisible by ``model.num_heads``, ``calibrate.micro_batch`` dividing ``calibrate.batch_size``,
+``calibrate.read_block`` dividing ``invert.shard_size`` or a multiple of it). A file missing a whole section
+(or empty) runs on the defaults below, with a warning naming the section on stderr. A stage then sees only the
+keys it declares (see :class:`ScopedParams`), so ``dvc.yaml`` can list exactly the parameters each stage depends on.
 
 This schema is the one source of default parameter values: its defaults equal the committed ``params.yaml``
 (``tests/pipeline/test_params.py`` keeps them equal), and the model configs built from it
@@ -12,12 +16,15 @@ This schema is the one source of default parameter values: its defaults equal th
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+VAE_FACTOR = 8  # spatial downsampling of the VAE of both presets (tiny and SD): image side / latent side
 
 
 class _Section(BaseModel):
@@ -66,7 +73,7 @@ class ModelParams(_Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     image_size: int = Field(128, ge=32, le=2048)
-    feature_blocks: list[int] | None = None
+    feature_blocks: list[int] | None = None  # null: decoder blocks if SD-shaped, else every third
     pixel_stride: int | None = Field(4, ge=1, le=64)
     hidden_dim: int = Field(64, ge=8, le=2048)
     num_queries: int = Field(16, ge=1, le=1000)
@@ -77,7 +84,14 @@ class ModelParams(_Section):
     relation: RelationParams = RelationParams()
     alpha: float = Field(0.34, ge=0.0, le=1.0)
     use_diffusion_logits: bool = True
-    use_pooled_logits: bool = False
+    use_pooled_logits: bool = True
+
+    @field_validator("image_size")
+    @classmethod
+    def _vae_multiple(cls, v: int) -> int:
+        if v % VAE_FACTOR:
+            raise ValueError(f"must be a multiple of the VAE downsampling factor {VAE_FACTOR}")
+        return v
 
     @model_validator(mode="after")
     def _weights(self) -> ModelParams:
@@ -85,6 +99,10 @@ class ModelParams(_Section):
             raise ValueError("model.preset=sd needs model.sd_path, model.clip_arch and model.clip_checkpoint")
         if not (self.use_diffusion_logits or self.use_pooled_logits):
             raise ValueError("at least one of model.use_diffusion_logits / model.use_pooled_logits must be true")
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"model.hidden_dim={self.hidden_dim} must be divisible by model.num_heads={self.num_heads}"
+            )
         return self
 
 
@@ -143,6 +161,14 @@ class CalibrateParams(_Section):
     shuffle_window: int = Field(2, ge=1)
     cache_latents: bool = True
 
+    @model_validator(mode="after")
+    def _micro_batch(self) -> CalibrateParams:
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            raise ValueError(
+                f"calibrate.micro_batch={self.micro_batch} must divide calibrate.batch_size={self.batch_size}"
+            )
+        return self
+
 
 # -------------------------------------------------------------------------------------------- train
 class LossWeights(_Section):
@@ -190,6 +216,16 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
 
+    @model_validator(mode="after")
+    def _read_block(self) -> Params:
+        block, shard = self.calibrate.read_block, self.invert.shard_size
+        if block is not None and shard % block and block % shard:
+            raise ValueError(
+                f"calibrate.read_block={block} must divide the store's shard size {shard} (invert.shard_size) "
+                "or be a multiple of it"
+            )
+        return self
+
 
 class ParamsError(ValueError):
     """A params file that does not satisfy the schema; the message names file, key and constraint."""
@@ -222,16 +258,43 @@ def parse_params(raw: dict[str, Any] | None, source: str = "<params>") -> Params
         raise ParamsError(_format_errors(source, err)) from None
 
 
+_WARNED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def warn_missing_sections(raw: Any, source: str) -> list[str]:
+    """The schema sections absent from ``raw``; named once per (file, sections) in a warning on stderr.
+
+    A missing section (or an empty file) runs on the schema defaults, which equal the committed ``params.yaml``;
+    the warning says so, because a section dropped by mistake would otherwise go unnoticed.
+    """
+    present = raw if isinstance(raw, dict) else {}
+    missing = [name for name in Params.model_fields if name not in present]
+    key = (source, tuple(missing))
+    if missing and key not in _WARNED:
+        _WARNED.add(key)
+        what = "is empty" if not present else f"has no section {', '.join(missing)}"
+        print(f"warning: {source}: {what}; using the schema defaults (equal to the committed params.yaml)",
+              file=sys.stderr)
+    return missing
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file. Raises :class:`ParamsError` naming the file and key."""
+    """Read and validate a params file. Raises :class:`ParamsError` naming the file and key; a missing
+    section is named in a warning (:func:`warn_missing_sections`)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(raw, str(path))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ParamsError(f"{path}: params file not readable: {err}") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: not valid YAML: nested too deeply") from None
+    params = parse_params(raw, str(path))
+    warn_missing_sections(raw, str(path))
+    return params
 
 
 def default_params_dict() -> dict[str, Any]:

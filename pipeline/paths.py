@@ -10,6 +10,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # the embedded teacher shipped with the project (diffusers layout): read where the code lives, not from the cwd
 TEACHER_WEIGHTS = REPO_ROOT / "teacher" / "weights"
+EMBEDDED_CLIP = REPO_ROOT / "teacher" / "clip"
 
 PREPARED = Path("data/prepared")
 DATASET = PREPARED / "dataset"  # synthetic source only: the generated PSG-format release

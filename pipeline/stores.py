@@ -18,12 +18,20 @@ One chunk per image, ``shard_size`` images per shard file, so a store of thousan
 by skipping complete shards, and two writers never touch one shard file. Settings that determine the content
 (method, steps, model identity, image list, ...) live in the group attributes under ``settings``; opening an
 existing store with other settings raises :class:`StoreMismatchError` instead of mixing the two.
+
+Zarr writes each chunk or shard file through a temporary ``<file>.<uuid>.partial`` renamed into place; a
+process killed mid-write leaves that file inside the store (a DVC output: it would be hashed, cached and
+pushed). :meth:`InversionStore.create_or_open` therefore sweeps a local store's ``*.partial`` files that are
+older than this process (:func:`sweep_partials`): a leftover of an earlier, killed run, never the file another
+rank of this run is writing (every rank opens the store before any rank writes).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import zarr
-from zarr.storage import StoreLike
+from zarr.storage import LocalStore, StoreLike
 
 from pipeline.hashing import bytes_digest
 
@@ -39,6 +47,8 @@ if TYPE_CHECKING:
     from spade_core.diffusion.prompts import RelationPrompt
 
 log = logging.getLogger(__name__)
+PROCESS_START = time.time()  # this module is imported at stage start, before any rank writes a shard
+PARTIAL_SUFFIX = ".partial"
 
 ARRAY_SPECS: dict[str, tuple[str, str]] = {
     # name: (dtype, per-image shape key)
@@ -53,11 +63,50 @@ ARRAY_SPECS: dict[str, tuple[str, str]] = {
 
 
 class StoreMismatchError(RuntimeError):
-    """An existing store was written with settings other than the current ones."""
+    """An existing store was written with settings other than the current ones; ``hint`` says what to do."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class StoreIncompleteError(RuntimeError):
     """A reader asked for a store whose shards are not all complete."""
+
+
+def local_path(location: StoreLike) -> str | None:
+    """The folder of a local store (a path or a :class:`zarr.storage.LocalStore`); None for remote ones."""
+    if isinstance(location, LocalStore):
+        return str(location.root)
+    if isinstance(location, str | os.PathLike) and "://" not in str(location):
+        return os.fspath(location)
+    if isinstance(location, str) and str(location).startswith("file://"):
+        return str(location)[len("file://") :]
+    return None
+
+
+def sweep_partials(location: StoreLike, older_than: float | None = None) -> list[str]:
+    """Remove zarr's ``*.partial`` temporaries under a local store modified before ``older_than`` (default: the
+    start of this process); returns the removed paths. Remote stores (fsspec URLs) are left alone."""
+    root = local_path(location)
+    if root is None or not os.path.isdir(root):
+        return []
+    cutoff = PROCESS_START if older_than is None else older_than
+    removed = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith(PARTIAL_SUFFIX):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                if os.lstat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+    if removed:
+        log.warning("removed %d partial file(s) of a killed write in %s", len(removed), root)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -130,6 +179,7 @@ class InversionStore:
         ids_hash = bytes_digest("\n".join(image_ids).encode())
         full = _jsonable({**settings, "geometry": geometry.__dict__, "image_ids_hash": ids_hash})
         opts = {"storage_options": storage_options} if storage_options else {}
+        sweep_partials(location)
         try:
             group = zarr.open_group(location, mode="r+", **opts)
             existing = dict(group.attrs).get("settings")
@@ -142,9 +192,10 @@ class InversionStore:
             finished = "manifest" in dict(group.attrs)
             if not (finished or replace_mismatched):
                 raise StoreMismatchError(
-                    f"inversion store {location} holds an unfinished run with other settings; refusing to mix "
-                    "them:\n  " + "\n  ".join(problems) + "\nDelete the store, or rerun with "
-                    "invert.on_mismatch=replace to discard the unfinished shards."
+                    f"{location}: inversion store holds an unfinished run with other settings; refusing to mix "
+                    "them:\n  " + "\n  ".join(problems),
+                    hint="delete the store, or rerun with invert.on_mismatch=replace to discard the unfinished "
+                    "shards",
                 )
             log.warning(
                 "replacing %s store %s (%s)", "finished" if finished else "unfinished", location, "; ".join(problems)
@@ -192,9 +243,9 @@ class InversionStore:
             problems = _diff({k: settings.get(k) for k in expected}, _jsonable(expected))
             if problems:
                 raise StoreMismatchError(
-                    f"inversion store {location} does not match the current parameters/models:\n  "
-                    + "\n  ".join(problems)
-                    + "\nRerun the `invert` stage (dvc repro invert) or pull the matching artifacts."
+                    f"{location}: inversion store does not match the current parameters/models:\n  "
+                    + "\n  ".join(problems),
+                    hint="rerun the `invert` stage (dvc repro invert) or pull the matching artifacts",
                 )
         if require_complete:
             missing = [s for s in range(geometry.num_shards) if not store.is_complete(s)]

@@ -17,7 +17,7 @@ from pipeline import paths
 from pipeline.calibration import calibrate_student, calibration_metrics, open_store
 from pipeline.dist import barrier, init_distributed, shutdown
 from pipeline.engine import peak_memory_mb, write_curve
-from pipeline.io import atomic_write_json
+from pipeline.io import atomic_write_json, prepare_outputs
 from pipeline.models import load_models, resolve_device
 from pipeline.params import ScopedParams
 from pipeline.student import save_student
@@ -27,6 +27,7 @@ STOP_ENV = "SPADE_STOP_AFTER_STEP"
 
 
 def run(p: ScopedParams) -> None:
+    prepare_outputs(paths.CALIBRATE, paths.CALIBRATE_CHECKPOINTS, paths.CALIBRATE_METRICS, paths.CALIBRATE_CURVE)
     c = p.calibrate
     device = resolve_device(p.model.device)
     ctx = init_distributed(device)

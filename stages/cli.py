@@ -1,6 +1,7 @@
 """The ``spade`` command line: one sub-command per DVC stage (``stages.<name>`` imported lazily and run like
 ``python -m stages.<name>``, see :mod:`pipeline.runner`) plus the user commands. Heavy imports happen inside the
-commands so that ``spade --help`` stays fast."""
+commands so that ``spade --help`` stays fast. Expected errors print one ``error: ...`` line (exit status per class:
+:mod:`pipeline.runner`); ``spade --debug <command>`` (or ``SPADE_DEBUG=1``) shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from pipeline.runner import exit_on, launch_torchrun, run_stage
+from pipeline.runner import DEBUG_ENV, exit_on, launch_torchrun, run_stage, user_errors
 
 app = typer.Typer(help="SPADE pipeline: prepare -> models -> invert -> calibrate -> train -> evaluate.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -23,6 +24,11 @@ NPROC_OPTION = typer.Option(None, "--nproc", envvar="SPADE_NPROC",
                             help="Run under `torchrun --standalone` with N processes.")
 
 STAGES = ("prepare", "models", "invert", "calibrate", "train", "evaluate")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help=f"Show tracebacks (same as {DEBUG_ENV}=1).")) -> None:
+    os.environ.update({DEBUG_ENV: "1"} if debug else {})  # also seen by the torchrun workers of --nproc
 
 
 def _make_stage_command(name: str) -> None:
@@ -134,8 +140,44 @@ def teacher_report_command(
         run(weights, out, num_scenes=num_scenes, grid_scenes=grid_scenes, store=store)
 
 
+@app.command("train-clip")
+def train_clip_command(
+    out: Path = typer.Argument(Path("teacher/clip"), help="Output folder (open_clip JSON + checkpoint), replaced."),
+    steps: int = typer.Option(2000, min=1, help="Optimisation steps."),
+    seed: int = typer.Option(0, help="Seed of the init, the scenes (stream 4) and the batches."),
+    num_scenes: int = typer.Option(4000, min=1, help="Synthetic training scenes."),
+    batch_size: int = typer.Option(32, min=2, help="Scenes per step."),
+    lr: float = typer.Option(1e-3, min=0.0, help="Peak AdamW lr."),
+    eval_scenes: int = typer.Option(200, min=2, help="Held-out scenes (stream 5) of the report in the model card."),
+    threads: int = typer.Option(1, min=1, help="CPU threads (same seed and threads on CPU: same weights)."),
+    terms: str = typer.Option("global,region,crop,predicate", help="Loss terms, comma-separated."),
+) -> None:
+    """Pre-train the embedded CLIP (tiny open_clip image + text towers) on synthetic scenes."""
+    from stages.train_clip import run
+
+    with exit_on(ValueError):
+        run(out, steps=steps, seed=seed, num_scenes=num_scenes, batch_size=batch_size, lr=lr,
+            eval_scenes=eval_scenes, threads=threads, terms=tuple(t.strip() for t in terms.split(",") if t.strip()))
+    typer.echo(f"CLIP written to {out}/ (MODEL_CARD.md, training.json)")
+
+
+@app.command("clip-report")
+def clip_report_command(
+    weights: Path = typer.Option(Path("teacher/clip"), help="CLIP folder (spade-tiny-clip.json + .safetensors)."),
+    out: Path = typer.Option(Path("reports/clip"), help="Output folder (.md, .json, .png)."),
+    json_file: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+    num_scenes: int = typer.Option(200, min=2, help="Held-out synthetic scenes."),
+) -> None:
+    """Zero-shot crop accuracy (base / novel), caption retrieval, union-pooled predicate accuracy; trained vs init."""
+    from stages.clip_report import run
+
+    with exit_on(FileNotFoundError, ValueError):
+        run(weights, out, num_scenes=num_scenes, json_path=json_file)
+
+
 def main() -> None:
-    app(prog_name="spade")
+    with user_errors():  # expected errors of a command without its own handler: one line too
+        app(prog_name="spade")
 
 
 if __name__ == "__main__":

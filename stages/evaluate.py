@@ -18,7 +18,7 @@ from pipeline.datasets.index import read_index
 from pipeline.datasets.splits import read_split_file
 from pipeline.evaluation import chance_baseline, compute_metrics, load_spatial_predicates, write_outputs
 from pipeline.images import load_images
-from pipeline.io import atomic_dir
+from pipeline.io import atomic_dir, prepare_outputs
 from pipeline.models import load_models, resolve_device
 from pipeline.params import ScopedParams
 from pipeline.psg_data import ground_truth
@@ -30,6 +30,7 @@ PARAMS = ("data.source", "data.split", "model.device", "model.dtype", "evaluate"
 
 
 def run(p: ScopedParams) -> None:
+    prepare_outputs(paths.EVALUATE, paths.EVALUATE_METRICS, paths.EVALUATE_PLOTS)  # sweep leftovers, check writable
     ev = p.evaluate
     device = resolve_device(p.model.device)
     models = load_models(paths.MODELS, device=str(device), dtype=p.model.dtype)

@@ -13,7 +13,7 @@ from pipeline import paths
 from pipeline.datasets.classes import read_classes
 from pipeline.dist import DistContext, barrier, init_distributed, shutdown
 from pipeline.inversion import calibration_records, inversion_metrics, open_store, process_shards
-from pipeline.io import atomic_write_json
+from pipeline.io import atomic_write_json, prepare_outputs
 from pipeline.models import LoadedModels, load_models, resolve_device
 from pipeline.params import ScopedParams
 from pipeline.stores import InversionStore
@@ -23,6 +23,7 @@ RUN_DEPENDENT = ("images_per_second_rank0", "world_size")
 
 
 def run(p: ScopedParams) -> None:
+    prepare_outputs(paths.INVERT, paths.INVERT_STORE, paths.INVERT_METRICS)  # sweep leftovers, check writable
     device = resolve_device(p.model.device)
     ctx = init_distributed(device)
     models = load_models(paths.MODELS, device=str(device), dtype=p.model.dtype)

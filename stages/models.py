@@ -1,12 +1,14 @@
 """Stage ``models``: build the tiny default models (or locate real weights) and record their identities.
 
-Output: ``artifacts/models/`` (diffusers-layout tiny SD folder, tiny open_clip config + checkpoint) and
+Output: ``artifacts/models/`` (diffusers-layout tiny SD folder, tiny open_clip config + checkpoint: the
+embedded ones of ``teacher/`` for ``model.preset: tiny``, random ones for ``tiny-random``) and
 ``artifacts/models/manifest.json``. Run as ``python -m stages.models`` or ``spade models``.
 """
 
 from __future__ import annotations
 
 from pipeline import paths
+from pipeline.io import prepare_outputs
 from pipeline.models import build_manifest
 from pipeline.params import ScopedParams
 
@@ -21,6 +23,7 @@ PARAMS = (
 
 
 def run(params: ScopedParams) -> None:
+    prepare_outputs(paths.MODELS)  # sweep killed runs' temporaries, fail fast if not writable
     manifest = build_manifest(params.model, paths.MODELS)
     print(
         f"models: preset={manifest['preset']} teacher={manifest['diffusion']['identity']} "

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.datasets.prepare import prepare_dataset
+from pipeline.io import prepare_outputs
 
 PARAMS = ("data", "prepare")
 
@@ -22,6 +23,7 @@ PARAMS = ("data", "prepare")
 def run(params: Any, out_dir: str | Path = paths.PREPARED, progress: bool = True) -> None:
     """Run the stage with ``params`` (an object with ``.data`` and ``.prepare`` sections) into ``out_dir``."""
     out_dir = Path(out_dir)
+    prepare_outputs(out_dir)  # sweep killed runs' temporaries, fail fast if not writable
     report = prepare_dataset(params, out_dir, progress)
     train, test = report["train"], report["test"]
     print(

@@ -18,6 +18,7 @@ from pipeline.datasets.index import read_index
 from pipeline.datasets.splits import read_split_file
 from pipeline.dist import init_distributed, shutdown
 from pipeline.engine import write_curve
+from pipeline.io import prepare_outputs
 from pipeline.models import load_models, resolve_device
 from pipeline.params import ScopedParams
 from pipeline.psg_data import training_target, vocabularies
@@ -39,6 +40,7 @@ STOP_ENV = "SPADE_STOP_AFTER_EPOCH"
 
 
 def run(p: ScopedParams) -> None:
+    prepare_outputs(paths.TRAIN, paths.TRAIN_CHECKPOINTS, paths.FEATURE_CACHE, paths.TRAIN_CURVE)
     m, t = p.model, p.train
     device = resolve_device(m.device)
     ctx = init_distributed(device)

@@ -11,6 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_MAX_LINES = 150
+CLI_MAX_LINES = 250  # the CLI holds one short typer function per command (each <= COMMAND_MAX_LINES)
+COMMAND_MAX_LINES = 25
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -50,7 +52,11 @@ def test_no_stage_imports_another_stage():
 
 def test_stage_modules_are_thin():
     sizes = {f.name: len(f.read_text().splitlines()) for f in _files("stages")}
-    assert all(n <= STAGE_MAX_LINES for n in sizes.values()), sizes
+    assert all(n <= (CLI_MAX_LINES if name == "cli.py" else STAGE_MAX_LINES) for name, n in sizes.items()), sizes
+    cli = ast.parse((REPO / "stages" / "cli.py").read_text())
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in cli.body if isinstance(f, ast.FunctionDef)
+            if f.end_lineno - f.lineno + 1 > COMMAND_MAX_LINES}
+    assert not long, long
 
 
 def test_a_stage_run_imports_its_module_once(tmp_path):

@@ -3,12 +3,16 @@
 ``data.source: synthetic`` generates the embedded PSG-format dataset from ``prepare.seed`` into
 ``<out_dir>/dataset``; ``psg`` reads ``data.psg_json`` with files under ``data.image_root``. Every record is
 validated (:func:`pipeline.datasets.psg.validate_record`); ``data.on_error: fail`` stops at the first bad
-record, ``skip`` drops it and lists it in the report. :func:`prepare_dataset` writes, under ``out_dir``:
+record, ``skip`` drops it and lists it in the report. Every per-record problem (a bad field, a missing,
+unreadable, oversized or non-regular image or PNG file, ...) is a :class:`~pipeline.datasets.psg.DatasetError`;
+a record without a usable ``image_id`` is named by its position ``data[i]`` and the psg.json path.
+:func:`prepare_dataset` writes, under ``out_dir``:
 
 - ``index/train.parquet``, ``index/test.parquet``: one row per image (:mod:`pipeline.datasets.index`);
 - ``classes.json``: the label spaces with readable names (:func:`~pipeline.datasets.classes.read_classes`);
 - ``split.json``: the open-vocabulary split in use (:func:`~pipeline.datasets.splits.read_split_file`);
-- ``report.json``: counts per split, duplicates removed, skipped records with image id and reason;
+- ``report.json``: counts per split, duplicates removed, crowd segments kept (``crowd_segments``), skipped
+  records with image id (or position in ``data``), reason and file;
 - ``dataset/`` (synthetic only): psg.json, images and panoptic PNGs.
 
 Everything is written into a temporary folder beside ``out_dir`` that replaces ``out_dir`` only when the whole
@@ -72,16 +76,21 @@ def validate_all(
     duplicates: dict[str, int] = {}
     seen: set[str] = set()
     sizes = (classes.num_things, len(classes.object_classes), len(classes.predicate_classes))
-    for record in tqdm(psg.records, desc="validate", disable=not progress):
+    crowd = 0
+    for position, record in enumerate(tqdm(psg.records, desc="validate", disable=not progress)):
         try:
-            rec, dups = validate_record(record, image_root, *sizes)
+            rec, dups = validate_record(record, image_root, *sizes, position=position)
             if rec.image_id in seen:
                 raise DatasetError("image_id occurs twice in psg.json", rec.image_id)
         except DatasetError as err:
+            if err.image_id is None and err.path is None:  # a record named by its position: name the file too
+                err = DatasetError(err.reason, path=psg.path, position=position)
             if on_error == "fail":
-                raise
-            skipped.append({"image_id": err.image_id, "reason": err.reason, "file": err.path})
+                err.hint = "fix the record, or set data.on_error: skip to drop bad records (listed in report.json)"
+                raise err from None
+            skipped.append({"image_id": err.image_id, "position": position, "reason": err.reason, "file": err.path})
             continue
+        crowd += sum(1 for seg in record["segments_info"] if seg.get("iscrowd"))
         seen.add(rec.image_id)
         if dups:
             duplicates[rec.image_id] = dups
@@ -103,6 +112,7 @@ def validate_all(
     report["test_image_ids_without_record"] = len(psg.test_image_ids - seen)
     report["duplicates_removed"] = sum(duplicates.values())
     report["duplicates_by_image"] = duplicates
+    report["crowd_segments"] = crowd
     report["num_skipped"] = len(skipped)
     report["skipped"] = skipped
     return out, report

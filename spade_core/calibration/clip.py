@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from ..hashing import file_digest
 TINY_CLIP_NAME = "spade-tiny-clip"
 TINY_CLIP_CONFIG: dict = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 128, "patch_size": 16, "width": 64, "layers": 2, "head_width": 32},
+    "vision_cfg": {"image_size": 128, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 
@@ -61,14 +63,21 @@ class ClipModels:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] RGB in [0,1] -> [B,3,h,w] resized to ``image_size`` (bilinear, antialiased), normalised."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images: expected [B,3,H,W], got {tuple(images.shape)}")
-        x = images.float()
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return preprocess_images(images, self.mean, self.std, self.image_size)
+
+
+def preprocess_images(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                      size: Sequence[int]) -> torch.Tensor:
+    """[B,3,H,W] RGB in [0,1] -> [B,3,*size] float, resized (bilinear, antialiased) if needed and normalised
+    with the tower's per-channel ``mean``/``std``."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected [B,3,H,W], got {tuple(images.shape)}")
+    x = images.float()
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    m = torch.tensor(tuple(mean), device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(tuple(std), device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
@@ -83,14 +92,31 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     config_path = out_dir / f"{TINY_CLIP_NAME}.json"
     config_path.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2, sort_keys=True) + "\n")
     _register_config(config_path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None, device="cpu")
+    model = tiny_clip_model(seed)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     checkpoint = out_dir / f"{TINY_CLIP_NAME}.safetensors"
     # a single metadata key: safetensors writes metadata from a hash map, so several keys come out in any order
     save_file(state, str(checkpoint), metadata={"spade": json.dumps({"architecture": TINY_CLIP_NAME, "seed": seed})})
     return checkpoint
+
+
+def tiny_clip_model(seed: int = 0) -> nn.Module:
+    """The tiny open_clip model at initialisation under ``torch.manual_seed(seed)`` (the global RNG is restored
+    afterwards), on the CPU, in train mode: what :func:`build_tiny_clip` writes and ``spade train-clip`` starts
+    from. Registers :data:`TINY_CLIP_CONFIG` with open_clip first."""
+    with tempfile.TemporaryDirectory(prefix="spade-clip-config-") as tmp:
+        config_path = Path(tmp) / f"{TINY_CLIP_NAME}.json"
+        config_path.write_text(json.dumps(TINY_CLIP_CONFIG, indent=2, sort_keys=True) + "\n")
+        _register_config(config_path)
+    logger = logging.getLogger()  # open_clip warns on the root logger that no pretrained weights were loaded:
+    level = logger.level  # a random init is what is asked for here
+    logger.setLevel(logging.ERROR)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return open_clip.create_model(TINY_CLIP_NAME, pretrained=None, device="cpu")
+    finally:
+        logger.setLevel(level)
 
 
 def _register_config(config_path: Path) -> str:
@@ -158,28 +184,38 @@ def _vision_tower(clip: ClipModels | nn.Module) -> VisionTransformer:
     return visual
 
 
-@torch.no_grad()
-def encode_text(
-    clip: ClipModels, names: Sequence[str], templates: Sequence[str] = OBJECT_TEMPLATES, chunk: int = 256
-) -> torch.Tensor:
-    """Open-vocabulary classifier weights: [C, E], L2-normalised.
+def name_embeddings(model: nn.Module, tokenizer: object, names: Sequence[str],
+                    templates: Sequence[str] = OBJECT_TEMPLATES, chunk: int = 256) -> torch.Tensor:
+    """Prompt-ensembled text embeddings [C, E] of ``names`` (L2-normalised), differentiable.
 
-    Each name is inserted into every template (``"{}"`` placeholder), encoded, L2-normalised, averaged over the
-    templates and normalised again (CLIP prompt ensembling). Use :data:`OBJECT_TEMPLATES` for categories and
-    :data:`PREDICATE_TEMPLATES` for predicates.
+    Each name is inserted into every template (``"{}"`` placeholder), encoded by the open_clip ``model``'s text
+    tower, L2-normalised, averaged over the templates and normalised again (CLIP prompt ensembling). Gradients
+    flow when enabled (``spade train-clip`` trains the text tower through it); :func:`encode_text` is the frozen
+    use.
     """
     if len(names) == 0:
         raise ValueError("names: empty list")
     if len(templates) == 0 or any(t.count("{}") != 1 for t in templates):
         raise ValueError(f"templates: each template needs exactly one '{{}}' placeholder, got {list(templates)}")
-    device = next(clip.model.parameters()).device
+    device = next(model.parameters()).device
     prompts = [t.format(n) for n in names for t in templates]
     feats = []
     for start in range(0, len(prompts), chunk):
-        tokens = clip.tokenizer(prompts[start : start + chunk]).to(device)
-        feats.append(clip.model.encode_text(tokens, normalize=True).float())
+        tokens = tokenizer(prompts[start : start + chunk]).to(device)
+        feats.append(model.encode_text(tokens, normalize=True).float())
     emb = torch.cat(feats).view(len(names), len(templates), -1).mean(1)
     return F.normalize(emb, dim=-1)
+
+
+@torch.no_grad()
+def encode_text(
+    clip: ClipModels, names: Sequence[str], templates: Sequence[str] = OBJECT_TEMPLATES, chunk: int = 256
+) -> torch.Tensor:
+    """Open-vocabulary classifier weights of a frozen model: [C, E], L2-normalised (:func:`name_embeddings`).
+
+    Use :data:`OBJECT_TEMPLATES` for categories and :data:`PREDICATE_TEMPLATES` for predicates.
+    """
+    return name_embeddings(clip.model, clip.tokenizer, names, templates, chunk)
 
 
 def image_features(clip: ClipModels | nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -217,3 +217,57 @@ def test_load_trained_rebuilds_the_saved_model(tmp_path, monkeypatch):
     (tmp_path / "train/config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="rerun `train`"):
         psg_model.load_trained(models, tmp_path / "train")
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ({"model": {"image_size": 100}},
+         "model.image_size: must be a multiple of the VAE downsampling factor 8 (got 100)"),
+        ({"model": {"hidden_dim": 30, "num_heads": 4}}, "model.hidden_dim=30 must be divisible by model.num_heads=4"),
+        ({"calibrate": {"batch_size": 8, "micro_batch": 3}},
+         "calibrate.micro_batch=3 must divide calibrate.batch_size=8"),
+        ({"calibrate": {"read_block": 48}, "invert": {"shard_size": 128}},
+         "calibrate.read_block=48 must divide the store's shard size 128 (invert.shard_size) or be a multiple"),
+    ],
+)  # fmt: skip
+def test_constraints_that_failed_in_a_later_stage_are_checked_up_front(raw, needle):
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw, "p.yaml")
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [{"model": {"image_size": 96}}, {"calibrate": {"read_block": 256}, "invert": {"shard_size": 128}},
+     {"calibrate": {"batch_size": 8, "micro_batch": 4}}],
+)  # fmt: skip
+def test_valid_combinations_pass(raw):
+    parse_params(raw)
+
+
+def test_missing_sections_are_named_in_one_warning(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_params(empty) == Params()
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"{empty}: is empty; using the schema defaults" in err
+    partial = tmp_path / "partial.yaml"
+    partial.write_text(yaml.safe_dump({k: v for k, v in default_params_dict().items() if k not in ("train", "data")}))
+    load_params(partial)
+    load_params(partial)  # once per file, not once per load
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"{partial}: has no section data, train;" in err
+    load_params(REPO / "params.yaml")
+    assert capsys.readouterr().err == ""
+
+
+def test_unreadable_or_too_deep_params_file_is_a_params_error(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ParamsError, match="deep.yaml: not valid YAML"):
+        load_params(deep)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ParamsError, match="bin.yaml: params file not readable"):
+        load_params(binary)

@@ -119,3 +119,81 @@ def test_prompt_rows():
     assert sorted(rows) == ["lengths", "roles", "tokens", "triplet_index"]
     assert rows["tokens"].shape == (3, 6) and rows["tokens"][2, 0] == 2
     assert rows["roles"][1].tolist() == [1] * 6 and rows["lengths"].tolist() == [0, 1, 2]
+
+
+def test_partial_files_of_a_killed_write_are_swept_on_the_next_open(tmp_path):
+    """zarr writes each shard file through ``<file>.<uuid>.partial``; a SIGKILL leaves it inside the DVC output.
+    The next ``create_or_open`` removes those older than this process, never a newer one (another rank's)."""
+    import os
+    import time
+
+    from pipeline.stores import PROCESS_START, sweep_partials
+
+    loc = tmp_path / "s.zarr"
+    InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS).write_shard(0, shard_arrays(0))
+    stale = [loc / "latents" / "c" / "1.0123abcd.partial", loc / "attn" / "c" / "1.4567ef.partial"]
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half a shard")
+        os.utime(p, (PROCESS_START - 60, PROCESS_START - 60))
+    fresh = loc / "latents" / "c" / "2.89ab.partial"
+    fresh.write_bytes(b"being written by another rank of this run")
+    store = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)  # resume
+    assert not any(p.exists() for p in stale) and fresh.exists()
+    assert store.is_complete(0) and not store.is_complete(1)
+    assert not [p for p in loc.rglob("*.partial") if p != fresh]
+    assert sweep_partials(loc, older_than=time.time() + 1) == [str(fresh)]
+    assert sweep_partials("s3://bucket/x.zarr") == []  # remote stores are left alone
+
+
+def test_mismatch_error_carries_its_hint(tmp_path):
+    loc = tmp_path / "s.zarr"
+    InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS).write_shard(0, shard_arrays(0))
+    with pytest.raises(StoreMismatchError) as err:
+        InversionStore.create_or_open(loc, GEOM, IDS, {**SETTINGS, "method": "ddim"})
+    assert str(err.value).startswith(f"{loc}: ") and "on_mismatch=replace" in err.value.hint
+    with pytest.raises(StoreMismatchError) as err:
+        InversionStore.open(loc, expected={"teacher": "xyz"}, require_complete=False)
+    assert "dvc repro invert" in err.value.hint
+
+
+KILLED_WRITER = """
+import os, pathlib, signal, sys
+from pipeline.stores import InversionStore, StoreGeometry
+geom = StoreGeometry(num_images=5, latent_shape=(4, 8, 8), num_tokens=6, attn_shape=(8, 8), shard_size=2)
+store = InversionStore.create_or_open(sys.argv[1], geom, [f"img{i}" for i in range(5)], {"method": "belm"})
+real = pathlib.Path.replace
+def replace(self, target):
+    if self.name.endswith(".partial") and "latents" in str(self):
+        os.kill(os.getpid(), signal.SIGKILL)  # killed between zarr's write of the temp file and its rename
+    return real(self, target)
+pathlib.Path.replace = replace
+store.write_shard(0, {k: v for k, v in __import__("pickle").loads(bytes.fromhex(sys.argv[2])).items()})
+"""
+
+RESUME = KILLED_WRITER.split("real = ")[0]
+
+
+def test_sigkill_during_a_shard_write_leaves_no_partial_file_after_the_resume(tmp_path):
+    import os
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    loc = tmp_path / "s.zarr"
+    blob = pickle.dumps(shard_arrays(0)).hex()
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(loc), blob], env={**os.environ,
+                          "PYTHONPATH": str(repo)}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert list(loc.rglob("*.partial")), "the killed writer should have left its temporary file"
+    resume = subprocess.run([sys.executable, "-c", RESUME, str(loc)], env={**os.environ, "PYTHONPATH": str(repo)},
+                            capture_output=True, text=True, timeout=300)  # fmt: skip (the next run: a new process)
+    assert resume.returncode == 0, resume.stderr
+    assert not list(loc.rglob("*.partial"))
+    store = InversionStore.create_or_open(loc, GEOM, IDS, {"method": "belm"})
+    assert not store.is_complete(0)
+    store.write_shard(0, shard_arrays(0))
+    assert store.is_complete(0)

@@ -67,10 +67,11 @@ def test_code_deps_are_exactly_what_codedeps_writes():
 
 
 def test_frozen_teacher_stage_deps_are_generated_too():
-    """teacher/dvc.yaml runs `spade train-teacher` (stages/train_teacher.py): its code deps are checked the same way."""
+    """teacher/dvc.yaml runs `spade train-teacher` and `spade train-clip` (stages/train_teacher.py,
+    stages/train_clip.py): their code deps are checked the same way."""
     from pipeline.codedeps import check_stages, format_reports
 
     teacher = yaml.safe_load((REPO / "teacher" / "dvc.yaml").read_text())["stages"]
     reports = check_stages(teacher, REPO)
-    assert set(reports) == {"train_teacher"}
+    assert set(reports) == {"train_teacher", "train_clip"}
     assert all(r.ok for r in reports.values()), format_reports(reports, "teacher/dvc.yaml")

@@ -40,9 +40,11 @@ def test_two_processes_match_one(tiny_trained, tmp_path):
     the queries) and ``loss_rel`` (predicate CE of the relation pairs) are *weighted* means (F.cross_entropy
     with class weights, no-object/no-relation weight 0.1), normalised by the weight sum of the micro-batch's
     targets; two ranks with half batches each normalise by their own half's sum. Measured on this config
-    (lr 1e-3, 6 steps): loss <= 0.17 %, loss_mask <= 0.10 %, loss_rqc <= 0.03 %, loss_rel <= 1.6 % relative.
-    With the gradient all-reduce removed the loss is off by up to 2.5 %, so the tolerances below separate the
-    two. Weights differ by at most a few Adam steps of size lr (sign flips of near-zero gradients).
+    (lr 1e-3, 6 steps): loss <= 0.17 %, loss_mask <= 0.10 %, loss_rqc <= 0.03 %, loss_rel <= 1.6 % relative
+    (<= 4.3 % since the embedded CLIP's 16x16 dense map; loss_rel is a small share of the loss).
+    With the gradient all-reduce removed the loss was off by up to 2.5 % (measured before the embedded CLIP), so
+    the tolerance on the total loss separates the two; the one on loss_rel only bounds the per-rank
+    normalisation. Weights differ by at most a few Adam steps of size lr (sign flips of near-zero gradients).
     """
     raw = tiny_params_dict(train={"lr": LR})
     one = _fresh(tiny_trained, tmp_path / "one")
@@ -68,7 +70,7 @@ def test_two_processes_match_one(tiny_trained, tmp_path):
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=5e-3)
     np.testing.assert_allclose(b["loss_mask"], a["loss_mask"], rtol=5e-3)
     np.testing.assert_allclose(b["loss_rqc"], a["loss_rqc"], rtol=2e-3)
-    np.testing.assert_allclose(b["loss_rel"], a["loss_rel"], rtol=3e-2)
+    np.testing.assert_allclose(b["loss_rel"], a["loss_rel"], rtol=6e-2)
 
     got = load_file(str(two / "artifacts/train/model.safetensors"))
     want = load_file(str(one / "artifacts/train/model.safetensors"))

@@ -27,7 +27,7 @@ def test_shapes_and_frozen_clip(tiny_clip):
     assert cond.shape == (2, 7, 32)
     assert not torch.allclose(cond[0], cond[1])  # image-dependent tokens
     assert not torch.allclose(cond[0, 0], cond[0, 1])
-    assert cap.dense_features(images).shape == (2, 64, 8, 8)
+    assert cap.dense_features(images).shape == (2, 64, 16, 16)
     assert not cap.visual.training and cap.adapter.training
     trainable = {id(p) for p in cap.trainable_parameters()}
     assert trainable == {id(p) for p in cap.parameters() if p.requires_grad}

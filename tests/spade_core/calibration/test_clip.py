@@ -56,7 +56,7 @@ def test_load_clip_errors(tiny_clip_checkpoint, tmp_path):
 def test_image_features_shapes_and_projection(tiny_clip):
     images = _images(tiny_clip)
     pooled, dense = image_features(tiny_clip, images)
-    assert pooled.shape == (2, 64) and dense.shape == (2, 64, 8, 8)
+    assert pooled.shape == (2, 64) and dense.shape == (2, 64, 16, 16)
     visual = tiny_clip.model.visual
     assert torch.allclose(pooled, tiny_clip.model.encode_image(images), atol=1e-6)
     # reference: open_clip's own token output (after ln_post), projected by hand
@@ -65,7 +65,7 @@ def test_image_features_shapes_and_projection(tiny_clip):
         _, tokens = visual(images)
     finally:
         visual.output_tokens = False
-    ref = (tokens @ visual.proj).view(2, 8, 8, 64).permute(0, 3, 1, 2)
+    ref = (tokens @ visual.proj).view(2, 16, 16, 64).permute(0, 3, 1, 2)
     assert torch.allclose(dense, ref, atol=1e-5)
     with pytest.raises(ValueError, match="spatial size"):
         image_features(tiny_clip, torch.zeros(1, 3, 64, 64))
@@ -96,7 +96,7 @@ def test_mask_pool_on_dense_clip_features(tiny_clip):
     _, dense = image_features(tiny_clip, _images(tiny_clip, b=1))
     masks = torch.zeros(1, 3, 128, 128)
     masks[0, 0] = 1
-    masks[0, 1, :16, :16] = 1  # exactly the top-left patch
+    masks[0, 1, :8, :8] = 1  # exactly the top-left patch
     pooled = mask_pool(dense, masks)
     assert pooled.shape == (1, 3, 64)
     assert torch.allclose(pooled[0, 0], dense[0].mean((1, 2)), atol=1e-5)
