@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -37,6 +36,9 @@ from pathlib import Path
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import PeakMemory, sync
 
 from spade_core.diffusion import (
     SD_SCHEDULER_CONFIG,
@@ -98,45 +100,15 @@ def baseline_invert_then_regenerate(unet, latents, cond, num_steps, store) -> tu
     return x, calls
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _vm_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def measure(fn: Callable[[], int], device: torch.device) -> tuple[float, float, int]:
     """Run ``fn`` once (returns images processed): (seconds, peak memory growth in MiB, images)."""
     sync(device)
-    base_ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            base = _vm_kib("VmRSS")
-        except OSError:
-            base = None
+    peak = PeakMemory(device)
     t0 = time.perf_counter()
     images = fn()
     sync(device)
     dt = time.perf_counter() - t0
-    if device.type == "cuda":
-        mem = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    elif base is not None and _vm_kib("VmHWM") is not None:
-        mem = (_vm_kib("VmHWM") - base) / 1024
-    else:
-        mem = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_ru) / 1024
-    return dt, mem, images
+    return dt, peak.growth_mib(), images
 
 
 def round_trip_errors(unet, x0, cond, num_steps, unet_dtype) -> dict[str, dict[str, float]]:

@@ -30,7 +30,6 @@ jobs vary several-fold between runs. Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import statistics
@@ -45,6 +44,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import PeakMemory, sync
 
 SD15_UNET_CONFIG: dict[str, Any] = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -121,32 +122,11 @@ def cast(models: BenchModels, dtype: torch.dtype, device: torch.device) -> Bench
     return BenchModels(diffusion=d, clip=clip)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _vm_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def measure(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: bool = True) -> tuple[float, float]:
     """(median seconds of the timed calls, peak memory MiB of all the calls above what was resident before)."""
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device) / 2**20
-    else:
-        base = (_vm_kib("VmRSS") or 0) / 1024
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    sync(device)
+    peak = PeakMemory(device)
     if warmup:
         fn()
     times = []
@@ -156,11 +136,7 @@ def measure(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: b
         fn()
         sync(device)
         times.append(time.perf_counter() - t)
-    if device.type == "cuda":
-        mem = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        mem = (_vm_kib("VmHWM") or 0) / 1024
-    return statistics.median(times), mem - base
+    return statistics.median(times), peak.growth_mib()
 
 
 def run_dtype(base: BenchModels, dtype: torch.dtype, args, device: torch.device) -> list[tuple[str, float, float]]:
