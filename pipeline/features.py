@@ -25,13 +25,19 @@ from pipeline.student import Student, student_condition
 from spade_core.diffusion.models import encode_images
 from spade_core.psg.features import UNetFeatureExtractor
 
+BACKBONES = ("unet", "clip")
+
 
 class FrozenFeatures:
-    """images [B,3,S,S] in [0,1] -> (UNet block features ``list[[B,C_l,h_l,w_l]]``, dense CLIP [B,E,h,w]).
+    """images [B,3,S,S] in [0,1] -> (backbone features ``list[[B,C_l,h_l,w_l]]``, dense CLIP [B,E,h,w]).
 
-    With ``pixel_stride`` the image itself, area-downsampled to stride ``pixel_stride`` and scaled to [-1, 1],
-    is appended as a last 3-channel map: the pyramid's high-resolution input (the role of Mask2Former's
-    stride-4 backbone level), since the finest UNet map is at the latent stride (8). Ours, not the paper's.
+    ``backbone="unet"`` (SPADE): the calibrated student's UNet block outputs at t = 0 on the image's VAE latent.
+    ``backbone="clip"`` (the VLM-only baseline of the paper's Figure 1 / Table 4): the frozen dense CLIP map
+    alone, in place of the UNet features (the UNet is not run).
+
+    With ``pixel_stride`` (not the paper's method; off by default) the image itself, area-downsampled to stride
+    ``pixel_stride`` and scaled to [-1, 1], is appended as a last 3-channel map, a high-resolution RGB input in
+    the role of Mask2Former's stride-4 backbone level.
 
     Dtypes: the VAE and UNet run in the run's dtype (``model.dtype``; float32 latents and conditioning are cast
     to it at the call, by ``encode_images`` and ``UNetFeatureExtractor``); CLIP and the captioner run in float32;
@@ -44,24 +50,31 @@ class FrozenFeatures:
         student: Student,
         block_indices: Sequence[int] | None,
         pixel_stride: int | None = None,
+        backbone: str = "unet",
     ):
-        self.models, self.student = models, student
-        self.extractor = UNetFeatureExtractor(student.unet, block_indices)
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+        self.models, self.student, self.backbone = models, student, backbone
+        self.extractor = UNetFeatureExtractor(student.unet, block_indices) if backbone == "unet" else None
         self.pixel_stride = pixel_stride
-        self.channels: list[int] = list(self.extractor.channels) + ([3] if pixel_stride else [])
+        first = list(self.extractor.channels) if self.extractor is not None else [student.captioner.embed_dim]
+        self.channels: list[int] = first + ([3] if pixel_stride else [])
         self.device = next(student.unet.parameters()).device
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         images = images.to(self.device)
-        latents = encode_images(self.models.diffusion.vae, vae_range(images))
-        cond = student_condition(self.student, images)
-        feats = [f.float() for f in self.extractor(latents, 0, cond)]
+        dense = self.student.captioner.dense_features(self.models.clip.preprocess(images)).float()
+        if self.extractor is not None:
+            latents = encode_images(self.models.diffusion.vae, vae_range(images))
+            cond = student_condition(self.student, images)
+            feats = [f.float() for f in self.extractor(latents, 0, cond)]
+        else:
+            feats = [dense]
         if self.pixel_stride:
             size = (images.shape[-2] // self.pixel_stride, images.shape[-1] // self.pixel_stride)
             feats.append(vae_range(F.interpolate(images.float(), size=size, mode="area")))
-        dense = self.student.captioner.dense_features(self.models.clip.preprocess(images))
-        return feats, dense.float()
+        return feats, dense
 
 
 class FeatureCache:

@@ -48,7 +48,7 @@ class DataParams(_Section):
 
 # -------------------------------------------------------------------------------------------- model
 class RGTParams(_Section):
-    num_blocks: int = Field(8, ge=1, le=64)
+    num_blocks: int = Field(8, ge=0, le=64)  # 0: no RGT (the instance features go straight to S)
     use_lcnl: bool = True
     use_lcnnl: bool = True
     use_lcl: bool = True
@@ -62,6 +62,13 @@ class GraphParams(_Section):
 class RelationParams(_Section):
     eta: float = Field(0.65, ge=-1.0, le=1.0)
     max_pairs: int = Field(32, ge=1, le=4096)
+    min_pairs: int = Field(8, ge=0, le=4096)
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> RelationParams:
+        if self.min_pairs > self.max_pairs:
+            raise ValueError(f"model.relation.min_pairs={self.min_pairs} must be <= max_pairs={self.max_pairs}")
+        return self
 
 
 class ModelParams(_Section):
@@ -74,7 +81,8 @@ class ModelParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     image_size: int = Field(128, ge=32, le=2048)
     feature_blocks: list[int] | None = None  # null: decoder blocks if SD-shaped, else every third
-    pixel_stride: int | None = Field(4, ge=1, le=64)
+    backbone: Literal["unet", "clip"] = "unet"  # clip: the VLM-only baseline (frozen dense CLIP features)
+    pixel_stride: int | None = Field(None, ge=1, le=64)
     hidden_dim: int = Field(64, ge=8, le=2048)
     num_queries: int = Field(16, ge=1, le=1000)
     num_heads: int = Field(4, ge=1)
@@ -82,9 +90,6 @@ class ModelParams(_Section):
     rgt: RGTParams = RGTParams()
     graph: GraphParams = GraphParams()
     relation: RelationParams = RelationParams()
-    alpha: float = Field(0.34, ge=0.0, le=1.0)
-    use_diffusion_logits: bool = True
-    use_pooled_logits: bool = True
 
     @field_validator("image_size")
     @classmethod
@@ -97,8 +102,6 @@ class ModelParams(_Section):
     def _weights(self) -> ModelParams:
         if self.preset == "sd" and (not self.sd_path or not self.clip_arch or not self.clip_checkpoint):
             raise ValueError("model.preset=sd needs model.sd_path, model.clip_arch and model.clip_checkpoint")
-        if not (self.use_diffusion_logits or self.use_pooled_logits):
-            raise ValueError("at least one of model.use_diffusion_logits / model.use_pooled_logits must be true")
         if self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"model.hidden_dim={self.hidden_dim} must be divisible by model.num_heads={self.num_heads}"
@@ -199,11 +202,16 @@ class EvaluateParams(_Section):
     skip_empty_predictions: bool = True
     batch_size: int = Field(8, ge=1)
     num_visualisations: int = Field(4, ge=0)
+    alpha: float = Field(0.34, ge=0.0, le=1.0)
+    use_diffusion_logits: bool = True
+    use_pooled_logits: bool = True
 
     @model_validator(mode="after")
     def _ks(self) -> EvaluateParams:
         if not self.ks or any(k < 1 for k in self.ks):
             raise ValueError("evaluate.ks must be a non-empty list of positive integers")
+        if not (self.use_diffusion_logits or self.use_pooled_logits):
+            raise ValueError("at least one of evaluate.use_diffusion_logits / evaluate.use_pooled_logits must be true")
         return self
 
 

@@ -40,6 +40,12 @@ EVALUATE = Path("artifacts/evaluate")
 EVALUATE_METRICS = Path("artifacts/metrics.json")
 EVALUATE_PLOTS = Path("artifacts/per_predicate_recall.csv")
 
+# `spade ablate` (committed results; logs ignored by git)
+ABLATIONS_JSON = Path("reports/ablations.json")
+ABLATIONS_MD = Path("reports/ablations.md")
+ABLATION_RUNS = Path("reports/ablations/runs")
+ABLATION_LOGS = Path("artifacts/ablation_logs")
+
 
 def index_path(split: str) -> Path:
     """Parquet index of one dataset split (``train`` or ``test``)."""

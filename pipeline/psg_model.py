@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from pipeline.features import FrozenFeatures
 from pipeline.hashing import tree_digest
 from pipeline.io import atomic_dir
 from pipeline.models import LoadedModels
-from pipeline.params import ModelParams, TrainParams
+from pipeline.params import EvaluateParams, ModelParams, TrainParams
 from pipeline.student import load_student
 from spade_core.calibration.clip import OBJECT_TEMPLATES, PREDICATE_TEMPLATES, encode_text
 from spade_core.psg.config import (
@@ -56,6 +56,7 @@ def psg_config(
             semantic_threshold=model.graph.semantic_threshold,
             eta=model.relation.eta,
             max_pairs=model.relation.max_pairs,
+            min_pairs=model.relation.min_pairs,
         ),
         criterion=CriterionConfig(
             use_rqc=train.use_rqc,
@@ -64,12 +65,22 @@ def psg_config(
                 rel=train.loss_weights.rel, rqc=train.loss_weights.rqc, mask=train.loss_weights.mask
             ),
         ),
-        inference=InferenceConfig(
-            alpha=model.alpha,
-            use_diffusion_logits=model.use_diffusion_logits,
-            use_pooled_logits=model.use_pooled_logits,
-        ),
+        inference=TRAINING_INFERENCE,
     )
+
+
+# Training never reads the fused scores (the loss uses the decoder classifier only): the model is trained and
+# saved with the decoder classifier alone, and `evaluate` / `predict` choose the classification sources
+# (``evaluate.alpha``, ``evaluate.use_diffusion_logits``, ``evaluate.use_pooled_logits``; paper Table 7) at load,
+# so that one trained model serves every row of Table 7.
+TRAINING_INFERENCE = InferenceConfig(alpha=1.0, use_diffusion_logits=True, use_pooled_logits=False)
+
+
+def inference_config(evaluate: EvaluateParams) -> InferenceConfig:
+    """The classification sources of ``evaluate`` / ``predict`` (paper Table 7): ``P = P_diff^alpha *
+    P_pool^(1-alpha)`` with either source switchable off."""
+    return InferenceConfig(alpha=evaluate.alpha, use_diffusion_logits=evaluate.use_diffusion_logits,
+                           use_pooled_logits=evaluate.use_pooled_logits)
 
 
 def build_psg_model(model: ModelParams, train: TrainParams, feature_channels: list[int], clip_dim: int) -> SpadePSG:
@@ -84,13 +95,13 @@ def save_trained(train_dir: Path, model: SpadePSG, meta: dict) -> None:
     """Write ``train_dir/{model.safetensors, config.json}`` atomically (the folder appears whole or not at all).
 
     ``config.json`` = ``{"model": model.config.to_dict(), **meta}``; the train stage's ``meta`` holds
-    feature_blocks, pixel_stride, feature_channels, clip_dim, image_size, train_vocabulary,
-    test_vocabulary, split, identity, steps (:func:`load_trained` needs identity, feature_blocks,
+    backbone, feature_blocks, pixel_stride, feature_channels, clip_dim, image_size, train_vocabulary,
+    test_vocabulary, split, identity, steps (:func:`load_trained` needs identity, backbone, feature_blocks,
     pixel_stride; ``evaluate`` / ``predict`` image_size).
     """
     if "model" in meta:
         raise ValueError("save_trained: meta must not have a 'model' key (it is the model's config)")
-    missing = [k for k in ("identity", "feature_blocks", "pixel_stride", "image_size") if k not in meta]
+    missing = [k for k in ("identity", "backbone", "feature_blocks", "pixel_stride", "image_size") if k not in meta]
     if missing:
         raise ValueError(f"save_trained: meta lacks {missing}, which loading the model needs")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -139,8 +150,13 @@ class TrainedPSG:
 
 
 def load_trained(
-    models: LoadedModels, train_dir: Path = paths.TRAIN, calibrate_dir: Path = paths.CALIBRATE
+    models: LoadedModels,
+    inference: InferenceConfig,
+    train_dir: Path = paths.TRAIN,
+    calibrate_dir: Path = paths.CALIBRATE,
 ) -> TrainedPSG:
+    """The trained model of ``train_dir`` on the features it was trained on, predicting with ``inference``
+    (:func:`inference_config`; replaces the training-time one recorded in ``config.json``)."""
     config_path = Path(train_dir) / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: run the `train` stage first (dvc repro train)")
@@ -157,9 +173,10 @@ def load_trained(
                 f"{value} ({calibrate_dir if key == 'student' else 'artifacts/models'}); rerun `train`"
             )
     student = load_student(models, calibrate_dir)
-    features = FrozenFeatures(models, student, config["feature_blocks"], config.get("pixel_stride"))
+    features = FrozenFeatures(models, student, config["feature_blocks"], config.get("pixel_stride"),
+                              config.get("backbone", "unet"))
     try:
-        psg = SpadePSGConfig.from_dict(config["model"])
+        psg = replace(SpadePSGConfig.from_dict(config["model"]), inference=inference)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{config_path}: not a model config this code can build ({err}); rerun `train`") from None
     arch = psg.architecture

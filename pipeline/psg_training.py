@@ -144,4 +144,4 @@ def training_identity(models: LoadedModels, student_dir: Path) -> dict:
 
 
 def frozen_features(models: LoadedModels, student: Student, model: ModelParams) -> FrozenFeatures:
-    return FrozenFeatures(models, student, model.feature_blocks, model.pixel_stride)
+    return FrozenFeatures(models, student, model.feature_blocks, model.pixel_stride, model.backbone)

@@ -119,6 +119,9 @@ def build_student(models: LoadedModels, config: dict[str, Any]) -> tuple[Student
     to optimise (LoRA, all UNet weights, or none by mode; the adapter's are ``captioner.trainable_parameters()``).
 
     Initialisation is seeded by ``config["seed"]`` (LoRA A and the adapter MLP); the global RNG is left as it was.
+    Mode ``none`` (paper Table 5, "w/o calibration") means the pretrained UNet as it is, conditioned on the
+    teacher's empty-prompt embedding (the adapter's output layer is zero, so ``cond = token_bias`` = that
+    embedding for every image), not on an untrained adapter's random output.
     """
     unet = models.diffusion.unet
     device = next(unet.parameters()).device
@@ -131,6 +134,10 @@ def build_student(models: LoadedModels, config: dict[str, Any]) -> tuple[Student
             for p in params:
                 p.data = p.data.float()
         captioner = make_captioner(models, config, init_tokens=empty_prompt_tokens(models)).to(device)
+    if config["mode"] == "none":  # the pretrained UNet used directly: conditioned on the empty prompt alone
+        with torch.no_grad():
+            captioner.adapter[-1].weight.zero_()
+            captioner.adapter[-1].bias.zero_()
     student = Student(unet=unet, captioner=captioner, clip=models.clip, vae=models.diffusion.vae, config=config)
     return student, params
 

@@ -93,6 +93,23 @@ def report_command(
         typer.echo(run_report(out=out, with_experiments=experiments))
 
 
+@app.command("ablate")
+def ablate_command(
+    tables: str = typer.Option("4,5,6,7", help="Paper tables to run, comma-separated."),
+    seeds: int = typer.Option(3, min=1, help="Seeds 0..N-1 per row (train.seed and calibrate.seed)."),
+    jobs: int = typer.Option(1, min=1, help="Experiments run at once."),
+    threads: int | None = typer.Option(None, min=1, help="Torch threads per stage process (OMP_NUM_THREADS)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs and rewrite the reports; run nothing."),
+) -> None:
+    """The paper's ablations (Tables 4-7) as `dvc exp run --temp` over seeds, resumable; writes
+    reports/ablations.{json,md}."""
+    from pipeline.ablations import ExperimentError, run_ablate
+
+    with exit_on(ValueError, ExperimentError):
+        run_ablate([t.strip() for t in tables.split(",") if t.strip()], seeds, jobs, threads, dry_run,
+                   echo=typer.echo)
+
+
 @app.command("inspect-maps")
 def inspect_maps_command(
     image_id: str = typer.Argument(..., help="A calibration image id (see data/prepared/index/train.parquet)."),

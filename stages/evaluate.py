@@ -22,7 +22,7 @@ from pipeline.io import atomic_dir, prepare_outputs
 from pipeline.models import load_models, resolve_device
 from pipeline.params import ScopedParams
 from pipeline.psg_data import ground_truth
-from pipeline.psg_model import load_trained
+from pipeline.psg_model import inference_config, load_trained
 from pipeline.tables import TRIPLETS_SCHEMA, concat_columns, triplet_rows, write_table
 from pipeline.visualise import render_comparison, save_png
 
@@ -34,7 +34,7 @@ def run(p: ScopedParams) -> None:
     ev = p.evaluate
     device = resolve_device(p.model.device)
     models = load_models(paths.MODELS, device=str(device), dtype=p.model.dtype)
-    trained = load_trained(models)
+    trained = load_trained(models, inference_config(ev))
     classes = read_classes(paths.CLASSES_JSON)
     split = read_split_file(paths.SPLIT_JSON)
     object_names, predicate_names = list(classes.object_names), list(classes.predicate_names)

@@ -6,7 +6,8 @@ vocabulary. Writes, per image, ``<out>/<stem>.png`` (masks + top triplets) and `
 graph: objects with class, score and box; triplets ranked by score).
 
 ``dtype`` (``float32`` | ``bfloat16`` | ``float16``) is that of the UNet, VAE and text encoder, as
-``model.dtype`` in the stages; the PSG head and CLIP stay float32.
+``model.dtype`` in the stages; the PSG head and CLIP stay float32. The classification sources (paper Table 7)
+are ``evaluate.alpha`` / ``use_diffusion_logits`` / ``use_pooled_logits`` of ``params.yaml``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pipeline.datasets.classes import read_classes
 from pipeline.datasets.panoptic import read_image
 from pipeline.images import to_tensor
 from pipeline.models import load_models
-from pipeline.psg_model import load_trained
+from pipeline.params import EvaluateParams, load_params
+from pipeline.psg_model import inference_config, load_trained
 from pipeline.tables import boxes_from_masks
 from pipeline.visualise import render_scene_graph, save_png
 
@@ -78,7 +80,9 @@ def predict_files(
     classes = read_classes(paths.CLASSES_JSON)
     object_names = read_vocabulary(objects, classes.object_names, "object")
     predicate_names = read_vocabulary(predicates, classes.predicate_names, "predicate")
-    trained = load_trained(load_models(paths.MODELS, device=device, dtype=dtype))
+    # the classification sources of params.yaml's evaluate section (its defaults outside a project folder)
+    ev = load_params().evaluate if Path("params.yaml").is_file() else EvaluateParams()
+    trained = load_trained(load_models(paths.MODELS, device=device, dtype=dtype), inference_config(ev))
     obj_text, pred_text = trained.vocabulary_embeddings(object_names, predicate_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

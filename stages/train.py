@@ -44,7 +44,6 @@ def run(p: ScopedParams) -> None:
     m, t = p.model, p.train
     device = resolve_device(m.device)
     ctx = init_distributed(device)
-    torch.manual_seed(t.seed)
     models = load_models(paths.MODELS, device=str(device), dtype=m.dtype)
     student = load_student(models, paths.CALIBRATE)
     records = read_index(paths.index_path("train"))
@@ -54,10 +53,12 @@ def run(p: ScopedParams) -> None:
     identity = training_identity(models, paths.CALIBRATE)
     frozen = frozen_features(models, student, m)
     cache_key = {**identity, "images": [r.image_id for r in records], "size": m.image_size,
-                 "blocks": m.feature_blocks, "pixel_stride": m.pixel_stride, "dtype": m.dtype}
+                 "backbone": m.backbone, "blocks": m.feature_blocks, "pixel_stride": m.pixel_stride,
+                 "dtype": m.dtype}
     get_features = feature_source(frozen, records, m.image_size, cache_key, "train", ctx,
                                   paths.FEATURE_CACHE if t.cache_features else None)
     targets = [training_target(r, split, base) for r in records]
+    torch.manual_seed(t.seed)  # here: whatever drew from the RNG before (a feature-cache build) must not matter
     model = build_psg_model(m, t, frozen.channels, models.clip.embed_dim).to(device)
     job = PSGTraining(model, targets, get_features, obj_text, pred_text)
     stop = int(os.environ.get(STOP_ENV, "-1"))
@@ -67,7 +68,8 @@ def run(p: ScopedParams) -> None:
         print(f"train: stopping after step {result.step} ({STOP_ENV}={stop})")
     elif ctx.is_main:
         meta = {
-            "feature_blocks": m.feature_blocks, "pixel_stride": m.pixel_stride, "feature_channels": frozen.channels,
+            "backbone": m.backbone, "feature_blocks": m.feature_blocks, "pixel_stride": m.pixel_stride,
+            "feature_channels": frozen.channels,
             "clip_dim": models.clip.embed_dim, "image_size": m.image_size, "train_vocabulary": base.to_json(),
             "test_vocabulary": full.to_json(),
             "split": {"name": split.name, "novel_predicates": sorted(split.novel_predicates),

@@ -71,9 +71,12 @@ class ArchitectureConfig(_Section):
         clip_dim: E, width of the CLIP text embeddings and of the dense CLIP map.
         hidden_dim, num_queries, num_heads: D, Q, attention heads of every decoder / RGT layer.
         decoder_layers: depth of the instance decoder Phi_ins.
-        rgt_blocks: RGT depth; use_lcnl, use_lcnnl, use_lcl: RGT parts (paper Table 6).
+        rgt_blocks: RGT depth (0: no RGT, the instance features go straight to S).
+        use_lcnl, use_lcnnl, use_lcl: RGT parts (paper Table 6).
         graph_dilation, semantic_threshold: spatial-semantic graph construction.
-        eta, max_pairs: relation-query cosine threshold and pair count P.
+        eta, max_pairs, min_pairs: eq. 13's pair selection: the pairs with `S_ij > eta` become relation queries
+            (at most `max_pairs` = P); when fewer pass, the best-scoring ones fill up to `min_pairs` (so early in
+            training there are pairs to learn from).
         num_levels, relation_layers: pyramid levels and relation-decoder depth (4, 3).
         object_threshold, min_relation_objects: queries with objectness `1 - p(no object)` above the threshold
             (and at least the `min_relation_objects` most object-like ones) form the graph and the pairs;
@@ -94,6 +97,7 @@ class ArchitectureConfig(_Section):
     semantic_threshold: float
     eta: float
     max_pairs: int
+    min_pairs: int
     # design constants (not in params.yaml)
     num_levels: int = 4
     relation_layers: int = 3
@@ -106,6 +110,8 @@ class ArchitectureConfig(_Section):
         object.__setattr__(self, "feature_channels", tuple(int(c) for c in self.feature_channels))
         if not self.feature_channels:
             raise ValueError("feature_channels must name at least one feature map")
+        if not 0 <= self.min_pairs <= self.max_pairs:
+            raise ValueError(f"min_pairs must be in [0, max_pairs={self.max_pairs}], got {self.min_pairs}")
 
     SECTION: ClassVar[str] = "architecture"
 

@@ -109,7 +109,7 @@ class SpadePSG(nn.Module):
         nodes = self.rgt(inst.query_feats, graph, valid)
         unit = F.normalize(nodes, dim=-1)
         S = unit @ unit.transpose(1, 2)
-        pairs, pair_valid = select_relation_pairs(S.detach(), a.eta, a.max_pairs, valid)
+        pairs, pair_valid = select_relation_pairs(S.detach(), a.eta, a.max_pairs, valid, a.min_pairs)
         rel_feats = self.relation_decoder(self.query_builder(nodes, pairs), pyramid, pair_valid)
         rel_logits = self.predicate_classifier(rel_feats, pred_text)
 

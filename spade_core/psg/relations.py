@@ -23,16 +23,16 @@ def select_relation_pairs(
 
     Candidates (both queries valid, `i != j`) are ranked by `S_ij` descending, ties broken by the flat index
     `i * Q + j` (lowest first), so the output is deterministic. Pairs with `S_ij > eta` come first, capped at
-    `max_pairs`. When fewer than `min_pairs` pass (default `min_pairs = max_pairs`), the next best candidates
-    fill up (the fallback) to `min_pairs`.
+    `max_pairs` (eq. 13). When fewer than `min_pairs` pass, the next best candidates fill up (the fallback) to
+    `min_pairs`; so `eta` decides which pairs become queries whenever more than `min_pairs` candidates exist.
 
     Args:
         S: `[B, Q, Q]` cosine similarities of the RGT outputs.
         eta: similarity threshold.
         max_pairs: `P`, the number of pair slots per image.
         valid: optional `[B, Q]` bool; invalid queries never take part in a pair.
-        min_pairs: optional minimum number of valid pairs per image (<= max_pairs). With the default every slot
-            is filled whenever enough candidates exist, so `eta` only orders the pairs.
+        min_pairs: minimum number of valid pairs per image (<= max_pairs; the fallback). None = `max_pairs`:
+            every slot is filled whenever enough candidates exist, and `eta` only orders the pairs.
     Returns:
         `pairs`: `[B, P, 2]` long (subject, object) query indices; `pair_valid`: `[B, P]` bool, False for slots
         that were not selected (their pairs are `(0, 0)`).

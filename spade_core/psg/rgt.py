@@ -125,7 +125,8 @@ def graph_masks(graph: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.
 
 
 class RelationGraphTransformer(nn.Module):
-    """Stack of `num_blocks` `RelationGraphBlock`s over the instance graph.
+    """Stack of `num_blocks` `RelationGraphBlock`s over the instance graph (`num_blocks = 0`: the identity, the
+    no-RGT baseline of paper Table 6).
 
     `forward(q [B, Q, D], G [B, Q, Q] 0/1, valid [B, Q] bool | None) -> [B, Q, D]`.
     """
@@ -141,8 +142,8 @@ class RelationGraphTransformer(nn.Module):
         mlp_ratio: float = 2.0,
     ):
         super().__init__()
-        if num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if num_blocks < 0:
+            raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
         self.blocks = nn.ModuleList(
             RelationGraphBlock(dim, num_heads, mlp_ratio, use_lcnl, use_lcnnl, use_lcl) for _ in range(num_blocks)
         )

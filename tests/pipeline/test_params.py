@@ -17,7 +17,7 @@ from pipeline.params import (
     load_params,
     parse_params,
 )
-from pipeline.psg_model import build_psg_model, psg_config, save_trained
+from pipeline.psg_model import TRAINING_INFERENCE, build_psg_model, inference_config, psg_config, save_trained
 from spade_core.psg import (
     ArchitectureConfig,
     CriterionConfig,
@@ -50,7 +50,9 @@ def test_defaults_round_trip():
         ({"train": {"lrr": 0.1}}, "train.lrr: unknown key"),
         ({"bogus": {}}, "bogus: unknown key"),
         ({"invert": {"method": "euler"}}, "invert.method"),
-        ({"model": {"rgt": {"num_blocks": 0}}}, "model.rgt.num_blocks"),
+        ({"model": {"rgt": {"num_blocks": -1}}}, "model.rgt.num_blocks"),
+        ({"model": {"relation": {"max_pairs": 4, "min_pairs": 5}}}, "min_pairs=5 must be <= max_pairs=4"),
+        ({"evaluate": {"use_diffusion_logits": False, "use_pooled_logits": False}}, "evaluate.use_diffusion"),
         ({"calibrate": {"lambda": 0}}, "calibrate.lambda"),
         ({"prepare": {"synthetic": {"min_objects": 5, "max_objects": 2}}}, "min_objects must be <="),
         ({"data": {"source": "psg"}}, "data.source=psg needs data.psg_json"),
@@ -134,28 +136,31 @@ def test_params_model_is_bit_identical_to_the_legacy_constructor():
 
 def test_psg_config_takes_every_exposed_value_from_the_params():
     p = parse_params({
-        "model": {"hidden_dim": 32, "num_queries": 8, "num_heads": 2, "decoder_layers": 2, "alpha": 0.5,
+        "model": {"hidden_dim": 32, "num_queries": 8, "num_heads": 2, "decoder_layers": 2,
                   "rgt": {"num_blocks": 3, "use_lcnl": False, "use_lcnnl": True, "use_lcl": False},
-                  "graph": {"dilation": 5, "semantic_threshold": 0.25}, "relation": {"eta": 0.3, "max_pairs": 7},
-                  "use_diffusion_logits": False, "use_pooled_logits": True},
+                  "graph": {"dilation": 5, "semantic_threshold": 0.25},
+                  "relation": {"eta": 0.3, "max_pairs": 7, "min_pairs": 2}},
+        "evaluate": {"alpha": 0.5, "use_diffusion_logits": False, "use_pooled_logits": True},
         "train": {"use_rqc": False, "no_object_weight": 0.2, "loss_weights": {"rel": 0.5, "rqc": 0.1, "mask": 2.0}},
     })
     cfg = psg_config(p.model, p.train, [8, 16, 3], 12)
     assert cfg.architecture == ArchitectureConfig(
         feature_channels=(8, 16, 3), clip_dim=12, hidden_dim=32, num_queries=8, num_heads=2, decoder_layers=2,
         rgt_blocks=3, use_lcnl=False, use_lcnnl=True, use_lcl=False, graph_dilation=5, semantic_threshold=0.25,
-        eta=0.3, max_pairs=7,
+        eta=0.3, max_pairs=7, min_pairs=2,
     )
     assert cfg.criterion == CriterionConfig(use_rqc=False, no_object_weight=0.2,
                                             loss_weights=PSGLossWeights(rel=0.5, rqc=0.1, mask=2.0))
-    assert cfg.inference == InferenceConfig(alpha=0.5, use_diffusion_logits=False, use_pooled_logits=True)
+    assert cfg.inference == TRAINING_INFERENCE  # the decoder classifier alone: what training optimises
+    assert inference_config(p.evaluate) == InferenceConfig(alpha=0.5, use_diffusion_logits=False,
+                                                           use_pooled_logits=True)
 
 
 def test_save_trained_writes_weights_and_config(tmp_path):
     p = load_params(REPO / "params.yaml")
     torch.manual_seed(0)
     model = build_psg_model(p.model.model_copy(update={"hidden_dim": 16}), p.train, [8, 3], 8)
-    meta = {"feature_blocks": None, "pixel_stride": 4, "feature_channels": [8, 3], "clip_dim": 8,
+    meta = {"backbone": "unet", "feature_blocks": None, "pixel_stride": 4, "feature_channels": [8, 3], "clip_dim": 8,
             "image_size": 64, "identity": {"teacher": "t", "clip": "c", "student": "s"}, "steps": 3}
     out = tmp_path / "train"
     out.mkdir()
@@ -187,36 +192,39 @@ def test_load_trained_rebuilds_the_saved_model(tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = build_psg_model(p.model.model_copy(update={"hidden_dim": 16}), p.train, [8, 3], 8)
     identity = {"teacher": "t", "clip": "c", "student": "s"}
-    meta = {"feature_blocks": [1], "pixel_stride": 4, "image_size": 64, "identity": identity}
+    meta = {"backbone": "unet", "feature_blocks": [1], "pixel_stride": 4, "image_size": 64, "identity": identity}
     save_trained(tmp_path / "train", model, meta)
 
     channels = [8, 3]
 
     class Features:
-        def __init__(self, models, student, blocks, pixel_stride):
-            assert (blocks, pixel_stride) == ([1], 4)
+        def __init__(self, models, student, blocks, pixel_stride, backbone):
+            assert (blocks, pixel_stride, backbone) == ([1], 4, "unet")
             self.channels = list(channels)
 
     monkeypatch.setattr(psg_model, "tree_digest", lambda path: "s")
     monkeypatch.setattr(psg_model, "load_student", lambda models, path: SimpleNamespace(unet=torch.nn.Linear(1, 1)))
     monkeypatch.setattr(psg_model, "FrozenFeatures", Features)
     models = SimpleNamespace(teacher_identity="t", clip_identity="c", clip=SimpleNamespace(embed_dim=8))
-    trained = psg_model.load_trained(models, tmp_path / "train", tmp_path / "calibrate")
-    assert trained.model.config == model.config and not trained.model.training
+    inference = psg_model.inference_config(p.evaluate)
+    trained = psg_model.load_trained(models, inference, tmp_path / "train", tmp_path / "calibrate")
+    assert trained.model.config.architecture == model.config.architecture and not trained.model.training
+    assert model.config.inference == psg_model.TRAINING_INFERENCE and trained.model.config.inference == inference
     assert trained.config["image_size"] == 64
     state = trained.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
     with pytest.raises(ValueError, match="trained with clip c"):
-        psg_model.load_trained(SimpleNamespace(**{**vars(models), "clip_identity": "other"}), tmp_path / "train")
+        psg_model.load_trained(SimpleNamespace(**{**vars(models), "clip_identity": "other"}),
+                               psg_model.TRAINING_INFERENCE, tmp_path / "train")
     channels = [16, 3]
     with pytest.raises(ValueError, match=r"trained on features \[8, 3\]"):
-        psg_model.load_trained(models, tmp_path / "train")
+        psg_model.load_trained(models, psg_model.TRAINING_INFERENCE, tmp_path / "train")
     config = json.loads((tmp_path / "train/config.json").read_text())
     config["model"] = {"hidden_dim": 16}  # a pre-config (flat keyword) checkpoint
     (tmp_path / "train/config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="rerun `train`"):
-        psg_model.load_trained(models, tmp_path / "train")
+        psg_model.load_trained(models, psg_model.TRAINING_INFERENCE, tmp_path / "train")
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,10 @@ def test_none_mode_trains_nothing_and_writes_outputs(tiny_inverted, tmp_path, mo
     from pipeline.student import empty_prompt_tokens
 
     assert torch.equal(student.captioner.token_bias.detach(), empty_prompt_tokens(models))
+    from pipeline.student import student_condition
+
+    cond = student_condition(student, torch.rand(2, 3, 64, 64))  # every image: the empty prompt, exactly
+    assert torch.equal(cond, empty_prompt_tokens(models)[None].expand(2, -1, -1).to(cond.dtype))
     assert (ws / "artifacts/calibrate_curve.csv").read_text().splitlines()[1].startswith("0,")
 
 

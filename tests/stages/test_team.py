@@ -41,7 +41,7 @@ import zarr
 from pipeline import features as features_module
 from pipeline import paths
 from pipeline.models import load_models
-from pipeline.psg_model import load_trained
+from pipeline.psg_model import TRAINING_INFERENCE, load_trained
 from pipeline.stores import ARRAY_SPECS, InversionStore, StoreMismatchError
 from pipeline.student import load_student
 
@@ -289,7 +289,7 @@ def test_artifacts_of_another_teacher_are_refused(tiny_trained, tmp_path, monkey
     with pytest.raises(ValueError, match=f"calibrated with teacher {old}, but the loaded teacher is {new}"):
         load_student(models, paths.CALIBRATE)
     with pytest.raises(ValueError, match=f"trained with teacher {old}, but the loaded teacher is {new}"):
-        load_trained(models, paths.TRAIN, paths.CALIBRATE)
+        load_trained(models, TRAINING_INFERENCE, paths.TRAIN, paths.CALIBRATE)
 
 
 def test_feature_cache_is_rebuilt_when_the_student_changes(tiny_trained, tmp_path, monkeypatch, capsys):
@@ -324,4 +324,4 @@ def test_trained_model_of_another_calibration_is_refused(tiny_trained, tmp_path,
     run_stage_in(ws, "calibrate", tiny_params_dict(calibrate={"seed": 1}), monkeypatch)
     models = load_models(paths.MODELS, device="cpu", dtype="float32")
     with pytest.raises(ValueError, match="student"):
-        load_trained(models, paths.TRAIN, paths.CALIBRATE)
+        load_trained(models, TRAINING_INFERENCE, paths.TRAIN, paths.CALIBRATE)

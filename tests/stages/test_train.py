@@ -82,3 +82,25 @@ def test_train_refuses_missing_calibration(tiny_base, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="run the `calibrate` stage first"):
         run_stage_in(ws, "train", tiny_params_dict(), monkeypatch)
     assert not Path(ws / "artifacts/train").exists()
+
+
+def test_vlm_only_baseline_trains_on_clip_features_without_the_unet(trained_workspace, monkeypatch):
+    """model.backbone=clip (paper Figure 1 / Table 4 baseline): the pyramid reads the frozen dense CLIP map, the
+    UNet is never called, and evaluate rebuilds the same features from config.json."""
+    from spade_core.psg import features as core_features
+
+    ws = trained_workspace
+    shutil.rmtree(ws / "artifacts/train_checkpoints")
+    raw = tiny_params_dict(model={"backbone": "clip", "rgt": {"num_blocks": 0}})
+
+    def no_unet(*args, **kwargs):
+        raise AssertionError("the VLM-only baseline must not run the UNet")
+
+    monkeypatch.setattr(core_features.UNetFeatureExtractor, "__call__", no_unet)
+    run_stage_in(ws, "train", raw, monkeypatch)
+    config = json.loads((ws / "artifacts/train/config.json").read_text())
+    assert config["backbone"] == "clip" and config["feature_channels"] == [config["clip_dim"]]
+    assert config["model"]["architecture"]["rgt_blocks"] == 0
+    run_stage_in(ws, "evaluate", raw, monkeypatch)
+    metrics = json.loads((ws / "artifacts/metrics.json").read_text())
+    assert 0.0 <= metrics["closed"]["R@50"] <= 1.0

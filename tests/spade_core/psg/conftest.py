@@ -45,6 +45,7 @@ PSG_TEST_VALUES = {
 def make_psg_config(feature_channels: Sequence[int], clip_dim: int = 16, **overrides) -> SpadePSGConfig:
     """`SpadePSGConfig` from `PSG_TEST_VALUES` + `overrides`, each flat key sent to the section that has it."""
     values = {"feature_channels": tuple(feature_channels), "clip_dim": clip_dim, **PSG_TEST_VALUES, **overrides}
+    values.setdefault("min_pairs", values["max_pairs"])  # every slot filled (what these tests were written for)
     sections = {}
     for name, cls in (("architecture", ArchitectureConfig), ("criterion", CriterionConfig),
                       ("inference", InferenceConfig)):

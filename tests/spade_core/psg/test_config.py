@@ -47,7 +47,7 @@ def test_params_set_fields_have_no_defaults_here():
     from_params = {
         ArchitectureConfig: {"feature_channels", "clip_dim", "hidden_dim", "num_queries", "num_heads",
                              "decoder_layers", "rgt_blocks", "use_lcnl", "use_lcnnl", "use_lcl", "graph_dilation",
-                             "semantic_threshold", "eta", "max_pairs"},
+                             "semantic_threshold", "eta", "max_pairs", "min_pairs"},
         CriterionConfig: {"use_rqc", "no_object_weight", "loss_weights"},
         InferenceConfig: {"alpha", "use_diffusion_logits", "use_pooled_logits"},
         PSGLossWeights: {"rel", "rqc", "mask"},

@@ -205,3 +205,34 @@ def test_config_round_trip(random_psg_inputs):
     clone.load_state_dict(model.state_dict())
     assert clone.config == model.config and clone.config.criterion.loss_weights == weights
     torch.testing.assert_close(_run(clone, d)["rel_logits"], _run(model, d)["rel_logits"])
+
+
+def test_eta_decides_which_pairs_become_relation_queries(random_psg_inputs):
+    """Eq. 13: with the fallback minimum below the candidate count, eta changes the selected pairs (same weights,
+    same inputs); with eta below every similarity, all slots fill."""
+    d = random_psg_inputs
+    outs = {}
+    for eta in (-1.0, 0.5, 0.99):
+        model = _model(d["channels"], eta=eta, min_pairs=2, min_relation_objects=8)
+        outs[eta] = _run(model, d)
+    counts = {eta: out["pair_valid"].sum(1).tolist() for eta, out in outs.items()}
+    assert counts[-1.0] == [12, 12]  # every candidate passes: capped at max_pairs
+    S = outs[0.5]["S"]
+    for b in range(2):
+        passing = int(((S[b] > 0.5) & ~torch.eye(8, dtype=torch.bool)).sum())
+        assert counts[0.5][b] == min(max(passing, 2), 12)
+        chosen = outs[0.5]["pairs"][b][outs[0.5]["pair_valid"][b]]
+        if passing >= 2:
+            assert (S[b][chosen[:, 0], chosen[:, 1]] > 0.5).all()
+    assert counts[0.99] != counts[-1.0] and min(counts[0.99]) >= 2  # the fallback keeps 2 pairs per image
+
+
+def test_no_rgt_baseline_passes_instance_features_through(random_psg_inputs):
+    """rgt_blocks = 0 (paper Table 6 baseline): S is the cosine similarity of the instance features."""
+    d = random_psg_inputs
+    model = _model(d["channels"], rgt_blocks=0)
+    assert len(model.rgt.blocks) == 0 and not list(model.rgt.parameters())
+    out = _run(model, d)
+    torch.testing.assert_close(out["rgt_feats"], out["query_feats"])
+    unit = torch.nn.functional.normalize(out["query_feats"], dim=-1)
+    torch.testing.assert_close(out["S"], unit @ unit.transpose(1, 2))
