@@ -232,6 +232,23 @@ RunFn = Callable[[str, dict[str, Any], Path], dict]
 # stage levels, upstream first, and the override prefixes each adds (a run's level key: its overrides up to there)
 LEVELS = (("prepare", ("data.", "prepare.")), ("invert", ("invert.",)), ("calibrate", ("calibrate.",)),
           ("train", ("model.", "train.")))
+# the stage that starts once a level's stages are done (their outputs are then in DVC's run-cache)
+NEXT_STAGE = {"prepare": "invert", "invert": "calibrate", "calibrate": "train", "train": "evaluate"}
+
+
+def levels_done_in_log(log: Path) -> int:
+    """How many :data:`LEVELS` a run in flight has finished, read from its ``dvc exp run`` output."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return 0
+    done = 0
+    for name, _ in LEVELS:
+        stage = NEXT_STAGE[name]
+        if f"Running stage '{stage}'" not in text and f"Stage '{stage}' didn't change" not in text:
+            break
+        done += 1
+    return done
 
 
 def level_keys(overrides: dict[str, Any]) -> list[str]:
@@ -261,7 +278,8 @@ class AblationSuite:
 
     Rows with the same overrides (e.g. SPADE in every table) share one run. ``jobs`` runs go at once (each
     stage process with ``threads`` torch threads); a run waits while another one in flight is computing a
-    stage it would share but that no finished run has produced yet (so no stage is computed twice).
+    stage it would share but that no run has produced yet (so no stage is computed twice); a run in flight counts
+    as having produced the stages its log shows it has passed.
     ``run(name, overrides, log) -> metrics.json dict`` executes one run (default :func:`dvc_exp_run`)."""
 
     repo: Path
@@ -300,6 +318,9 @@ class AblationSuite:
         cond = threading.Condition()
 
         def ready(p: PlannedRun) -> bool:
+            for q in flying.values():
+                keys = level_keys(q.overrides)
+                done_levels.update(keys[: levels_done_in_log(self.log_dir / f"{q.name}.log")])
             busy = {k for q in flying.values() for k in level_keys(q.overrides)}
             return all(k in done_levels or k not in busy for k in level_keys(p.overrides))
 
@@ -331,7 +352,7 @@ class AblationSuite:
             while todo and not errors:
                 nxt = next((p for p in todo if ready(p)), None) if len(flying) < self.jobs else None
                 if nxt is None:
-                    cond.wait()
+                    cond.wait(timeout=5.0)  # also re-read the logs of the runs in flight
                     continue
                 todo.remove(nxt)
                 number += 1

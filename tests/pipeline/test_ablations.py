@@ -211,3 +211,27 @@ def test_code_digest_follows_the_stage_dependencies(tmp_path):
     assert ablations.code_digest(repo) == first
     (repo / "lib/x.py").write_text("x = 2\n")
     assert ablations.code_digest(repo) != first
+
+
+def test_a_run_waiting_on_a_shared_stage_starts_once_the_log_shows_it_done(tmp_path):
+    """jobs=2: the second run shares the first one's calibration; it starts as soon as the first run's log shows
+    `train` running (calibrate is then in the run-cache), before the first run has finished."""
+    repo = _git_repo(tmp_path / "repo")
+    rows = [AblationRow("x", "a", "a"), AblationRow("x", "b", "b", {"model.rgt.num_blocks": 0})]
+    starts, ends = {}, {}
+
+    def staged(name, overrides, log):
+        starts[name] = time.monotonic()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("Running stage 'prepare':\nRunning stage 'invert':\nRunning stage 'calibrate':\n")
+        time.sleep(0.3)
+        log.write_text(log.read_text() + "Running stage 'train':\n")
+        time.sleep(6.0 if name.startswith("a-") else 0.1)
+        ends[name] = time.monotonic()
+        return _metrics(0.5)
+
+    AblationSuite(repo, rows, [0], tmp_path / "runs", tmp_path / "logs", run=staged, jobs=2).execute(lambda m: None)
+    a, b = sorted(starts)
+    assert starts[b] < ends[a]  # b did not wait for a to finish ...
+    assert starts[b] >= starts[a] + 0.3  # ... but for a's calibration
+    assert ablations.levels_done_in_log(tmp_path / "logs" / f"{a}.log") == 3
