@@ -74,8 +74,23 @@ ROWS: tuple[AblationRow, ...] = (
     AblationRow("7", "t7-spade", "both, fused (SPADE)"),
 )  # fmt: skip
 
-# the paper's numbers per row key (filled where the paper's tables are known; None: not available here)
-PAPER: dict[str, str] | None = None
+# The paper's numbers per row key, for orientation only: transcribed from secondary notes on the paper (the PDF
+# is not available to this project, so they are unverified), on real PSG with SD-1.5-scale models. Table 5 of the
+# paper reports open-vocabulary R@50 (OvR / OvD+R); our Table 5 analogue reports the closed set.
+PAPER_SOURCE = "transcribed from secondary notes on the paper, not checked against the PDF; real PSG, SD-1.5 scale"
+PAPER: dict[str, str] = {
+    "t4-vlm-only": "OpenPSG (VLM baseline) R@50 DR 37.1 / NDR 43.7",
+    "t4-spade": "R@50 DR 42.3 / NDR 46.5",
+    "t5-no-calibration": "OvR / OvD+R R@50 15.3 / 10.1",
+    "t5-no-inversion": "OvR / OvD+R R@50 21.0 / 15.9",
+    "t5-full-finetune": "OvR / OvD+R R@50 18.8 / 12.7",
+    "t5-spade": "OvR / OvD+R R@50 26.7 / 22.7",
+    "t6-baseline": "R@50 / mR@50 30.5 / 26.3",
+    "t6-long-range": "R@50 / mR@50 37.1 / 34.4 (+LCNL alone: 35.6 / 32.2)",
+    "t6-rgt": "R@50 / mR@50 40.3 / 35.6",
+    "t6-spade": "R@50 / mR@50 45.1 / 41.2",
+    "t7-spade": "OvR R@50 26.7 (single branches 12.5 and 21.4; which branch is which is not in our notes)",
+}
 
 TABLE_TITLES = {
     "4": "Table 4 analogue: spatial analysis (distant / non-distant pairs), VLM-only vs SPADE",
@@ -309,6 +324,7 @@ class AblationSuite:
         plan = self.plan()
         results = {p.key: r for p in plan if (r := finished_run(self.runs_dir, p.key)) is not None}
         todo = [p for p in plan if p.key not in results]
+        total = len(todo)
         echo(f"ablate: {len(self.rows)} rows x {len(self.seeds)} seeds = {len(plan)} distinct runs, "
              f"{len(results)} finished, {len(todo)} to run ({self.jobs} at a time)")
         run = self.run or (lambda name, ov, log: dvc_exp_run(self.repo, name, ov, log, self.threads))
@@ -333,7 +349,7 @@ class AblationSuite:
                           "metrics": pick_metrics(metrics)}
                 atomic_write_json(run_file(self.runs_dir, p.key), record)
                 m = record["metrics"]
-                echo(f"ablate: [{number}/{len(todo)}] {p.name} done in {record['seconds']:.0f} s: R@50 "
+                echo(f"ablate: [{number}/{total}] {p.name} done in {record['seconds']:.0f} s: R@50 "
                      f"{100 * m.get('R@50', math.nan):.1f}, mR@50 {100 * m.get('mR@50', math.nan):.1f}")
                 with cond:
                     results[p.key] = record
@@ -357,7 +373,7 @@ class AblationSuite:
                 todo.remove(nxt)
                 number += 1
                 flying[nxt.key] = nxt
-                echo(f"ablate: [{number}/{number + len(todo)}] {nxt.name}: "
+                echo(f"ablate: [{number}/{total}] {nxt.name}: "
                      + " ".join(f"{k}={param_text(v)}" for k, v in nxt.overrides.items()))
                 t = threading.Thread(target=work, args=(nxt, number), daemon=True)
                 threads.append(t)
@@ -402,9 +418,9 @@ def _cell(entry: dict | None) -> str:
     return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
 
 
-def ablation_markdown(summary: dict, paper: dict[str, dict[str, str]] | None = None) -> str:
+def ablation_markdown(summary: dict, paper: dict[str, str] | None = None, paper_source: str = PAPER_SOURCE) -> str:
     """Markdown tables (mean ± std over seeds, in %) of :func:`summarise`'s output, one per paper table;
-    ``paper`` maps a row key to the paper's numbers (shown beside when given)."""
+    ``paper`` maps a row key to the paper's numbers as text (shown under the table with ``paper_source``)."""
     parts = [f"Seeds {summary['seeds']} (varying {', '.join(summary['seed_keys'])}); values in %, mean ± sample "
              "std over the seeds; n = finished seeds."]
     for table, title in TABLE_TITLES.items():
@@ -421,7 +437,7 @@ def ablation_markdown(summary: dict, paper: dict[str, dict[str, str]] | None = N
             lines.append("| " + " | ".join(cells) + " |")
         paper_rows = [(r["row"], (paper or {}).get(r["key"])) for r in rows if (paper or {}).get(r["key"])]
         if paper_rows:
-            lines += ["", "Paper: " + "; ".join(f"{name}: {txt}" for name, txt in paper_rows)]
+            lines += ["", f"Paper ({paper_source}): " + "; ".join(f"{name}: {txt}" for name, txt in paper_rows)]
         parts += ["", *lines]
     return "\n".join(parts) + "\n"
 

@@ -147,10 +147,18 @@ def test_summary_mean_std_and_markdown(tmp_path):
     r50 = both["metrics"]["R@50"]
     assert r50["per_seed"] == pytest.approx([0.02, 0.12, 0.22])
     assert r50["mean"] == pytest.approx(0.12) and r50["std"] == pytest.approx(0.1)
-    text = ablation_markdown(summary, {"t7-spade": "R@50 99.9"})
+    text = ablation_markdown(summary, {"t7-spade": "R@50 99.9"}, paper_source="made up")
     assert "| both, fused (SPADE) | 3 | 6.0 ± 5.0 | 12.0 ± 10.0 |" in text
-    assert "Paper: both, fused (SPADE): R@50 99.9" in text and "`evaluate.use_pooled_logits=false`" in text
+    assert "Paper (made up): both, fused (SPADE): R@50 99.9" in text and "`evaluate.use_pooled_logits=false`" in text
     assert mean_std([1.0]) == (1.0, 0.0)
+
+
+def test_paper_numbers_name_known_rows_and_their_source():
+    assert set(ablations.PAPER) <= {r.key for r in ablations.ROWS}
+    assert {r.table for r in ablations.ROWS if r.key in ablations.PAPER} == {"4", "5", "6", "7"}
+    summary = summarise(select_rows(["6"]), [], {}, [0])
+    assert f"Paper ({ablations.PAPER_SOURCE}): baseline (no RGT, no L_rqc): R@50 / mR@50 30.5 / 26.3" in (
+        ablation_markdown(summary, ablations.PAPER))
 
 
 def test_pick_metrics_reads_nested_paths_and_skips_missing():
