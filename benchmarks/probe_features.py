@@ -1,7 +1,8 @@
 """How much the trained PSG model relies on its backbone features: the test split evaluated with them intact,
 zeroed, shuffled across the images of a batch, or replaced by noise of their own per-channel statistics; with
 the share of ground-truth segments the model finds (a predicted mask of IoU >= 0.5, any class / the right class),
-to tell segmentation from relation errors.
+to tell segmentation from relation errors, and the relation queries eq. 13 selects (per image, and the share of
+GT relations whose two segments some query pairs: the recall the pair selection leaves possible).
 
 Run in a workspace where ``train`` has run (``dvc repro`` or an experiment's temp folder):
 
@@ -20,6 +21,7 @@ import argparse
 import json
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from pipeline import paths
@@ -31,6 +33,7 @@ from pipeline.models import load_models
 from pipeline.params import load_params
 from pipeline.psg_data import ground_truth
 from pipeline.psg_model import inference_config, load_trained
+from spade_core.psg.postprocess import class_scores
 
 Perturb = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -49,22 +52,36 @@ VARIANTS: dict[str, Perturb | None] = {
 }
 
 
-def segment_recall(gts: list[dict], preds: list[dict], iou_thr: float = 0.5) -> tuple[float, float]:
-    """Share of GT segments covered by a predicted mask with IoU >= ``iou_thr``: (any label, the GT's label)."""
-    hit_any = hit_label = total = 0
+def queried_pairs(out: dict, b: int, keep: torch.Tensor) -> np.ndarray:
+    """The relation queries of image ``b`` as pairs of predicted-segment indices ``[P, 2]`` (``keep``: the
+    queries that became segments, as in ``postprocess``)."""
+    segment = torch.cumsum(keep.long(), 0) - 1
+    pairs = out["pairs"][b][out["pair_valid"][b]]
+    pairs = pairs[keep[pairs[:, 0]] & keep[pairs[:, 1]]]
+    return segment[pairs].cpu().numpy().reshape(-1, 2)
+
+
+def match_stats(gts: list[dict], preds: list[dict], iou_thr: float = 0.5) -> dict[str, float]:
+    """Segmentation and pair selection against the GT, in %: GT segments covered by a predicted mask with IoU
+    >= ``iou_thr`` (any class / the GT's class); relation queries per image; GT relations whose subject and
+    object are both covered by the two segments of some relation query, per image and averaged over the images
+    as R@K is (the recall eq. 13 leaves possible, whatever the predicate)."""
+    seg_any = seg_label = segs = rel_hit = rels = num_pairs = 0
     for gt, pred in zip(gts, preds):
         g = torch.as_tensor(gt["masks"]).flatten(1).float()
-        total += g.shape[0]
-        if pred["masks"].shape[0] == 0 or g.shape[0] == 0:
-            continue
         q = torch.as_tensor(pred["masks"]).flatten(1).float()
         inter = g @ q.T
-        iou = inter / (g.sum(1, keepdim=True) + q.sum(1)[None] - inter).clamp(min=1)
-        good = iou >= iou_thr
+        good = inter / (g.sum(1, keepdim=True) + q.sum(1)[None] - inter).clamp(min=1) >= iou_thr  # [S, N]
         same = torch.as_tensor(gt["labels"])[:, None] == torch.as_tensor(pred["labels"])[None]
-        hit_any += int(good.any(1).sum())
-        hit_label += int((good & same).any(1).sum())
-    return 100 * hit_any / max(total, 1), 100 * hit_label / max(total, 1)
+        segs, num_pairs = segs + g.shape[0], num_pairs + len(pred["pairs"])
+        seg_any += int(good.any(1).sum())
+        seg_label += int((good & same).any(1).sum())
+        if len(gt["relations"]):  # per image, then averaged over the images (as R@K)
+            hits = [any(good[s, i] and good[o, j] for i, j in pred["pairs"].tolist())
+                    for s, o, _ in gt["relations"].tolist()]
+            rel_hit, rels = rel_hit + sum(hits) / len(hits), rels + 1
+    return {"segments found": 100 * seg_any / max(segs, 1), "... with their class": 100 * seg_label / max(segs, 1),
+            "pairs queried / image": num_pairs / max(len(gts), 1), "GT relations queried": 100 * rel_hit / max(rels, 1)}
 
 
 def probe(batch_size: int = 8, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -99,11 +116,17 @@ def probe(batch_size: int = 8, seed: int = 0) -> dict[str, dict[str, float]]:
                 feats = [f if perturb is None else perturb(f, gen) for f in feats]
                 out = trained.model(feats, dense, obj_text, pred_text)
                 sizes = [(r.height, r.width) for r in batch]
-                preds += trained.model.predict(out, sizes, max_triplets=params.evaluate.max_triplets)
-        pred_images = [{k: p[k].cpu().numpy() for k in ("masks", "labels", "triplets")} for p in preds]
+                batch_preds = trained.model.predict(out, sizes, max_triplets=params.evaluate.max_triplets)
+                inf = trained.model.config.inference
+                obj = class_scores(out["class_logits"], out.get("pooled_obj_logits"), inf.alpha,
+                                   inf.use_diffusion_logits, inf.use_pooled_logits)
+                keep = obj.max(-1).values > 0.0  # postprocess's rule at its default score_threshold
+                for b, p in enumerate(batch_preds):
+                    p["pairs"] = queried_pairs(out, b, keep[b])
+                preds += batch_preds
+        pred_images = [{k: np.asarray(v.cpu() if torch.is_tensor(v) else v) for k, v in p.items()} for p in preds]
         _, summary = compute_metrics(gts, pred_images, **common)
-        seg_any, seg_label = segment_recall(gts, pred_images)
-        table[name] = {"segments found": seg_any, "... with their class": seg_label} | {
+        table[name] = match_stats(gts, pred_images) | {
             f"{label} {m}": 100 * summary[setting][m]
             for setting, label in (("closed", "closed"), ("spatial_dr", "DR"), ("spatial_ndr", "NDR"))
             for m in ("R@50", "mR@50")
