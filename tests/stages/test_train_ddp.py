@@ -41,7 +41,11 @@ def test_two_processes_match_one(tiny_trained, tmp_path):
     with class weights, no-object/no-relation weight 0.1), normalised by the weight sum of the micro-batch's
     targets; two ranks with half batches each normalise by their own half's sum. Measured on this config
     (lr 1e-3, 6 steps): loss <= 0.17 %, loss_mask <= 0.10 %, loss_rqc <= 0.03 %, loss_rel <= 1.6 % relative
-    (<= 4.3 % since the embedded CLIP's 16x16 dense map; loss_rel is a small share of the loss).
+    (<= 4.3 % since the embedded CLIP's 16x16 dense map; loss_rel is a small share of the loss). Since the
+    default runs on UNet features only (no RGB level, issue 15) loss_rqc jumps to 2.8-3.5 % off from step 4 on
+    while steps 1-3 agree to 0.05 % (the same values in CI and locally): `L_rqc` compares the similarity matrix
+    with an indicator placed by the Hungarian matching, which a weight difference of a few lr can flip, so the
+    term moves discretely; the step-1 values (same weights) still agree to 1e-5.
     With the gradient all-reduce removed the loss was off by up to 2.5 % (measured before the embedded CLIP), so
     the tolerance on the total loss separates the two; the one on loss_rel only bounds the per-rank
     normalisation. Weights differ by at most a few Adam steps of size lr (sign flips of near-zero gradients).
@@ -69,7 +73,7 @@ def test_two_processes_match_one(tiny_trained, tmp_path):
     np.testing.assert_allclose(b["loss_rqc"][0], a["loss_rqc"][0], rtol=1e-5)  # same weights at step 1
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=5e-3)
     np.testing.assert_allclose(b["loss_mask"], a["loss_mask"], rtol=5e-3)
-    np.testing.assert_allclose(b["loss_rqc"], a["loss_rqc"], rtol=2e-3)
+    np.testing.assert_allclose(b["loss_rqc"], a["loss_rqc"], rtol=5e-2)
     np.testing.assert_allclose(b["loss_rel"], a["loss_rel"], rtol=6e-2)
 
     got = load_file(str(two / "artifacts/train/model.safetensors"))
