@@ -21,6 +21,7 @@ from pipeline import paths
 from pipeline.datasets.classes import read_classes
 from pipeline.datasets.panoptic import read_image
 from pipeline.images import to_tensor
+from pipeline.io import atomic_write_text
 from pipeline.models import load_models
 from pipeline.params import EvaluateParams, load_params
 from pipeline.psg_model import inference_config, load_trained
@@ -36,7 +37,22 @@ def read_vocabulary(path: Path | None, default: list[str], what: str) -> list[st
     names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{what} vocabulary {path} is empty: give one class name per line")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} vocabulary {path}: {repeated} listed more than once (each name once)")
     return names
+
+
+def check_outputs(images: list[Path], out_dir: Path) -> None:
+    """Refuse, before any work, an ``--out`` that is a file and inputs that would write the same output."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: exists and is not a folder")
+    seen: dict[str, Path] = {}
+    for path in images:
+        other = seen.setdefault(Path(path).stem, Path(path))
+        if other != Path(path):
+            raise ValueError(f"{other} and {path} would both write {out_dir / Path(path).stem}.{{png,json}}: "
+                             "rename one, or run them with different --out folders")
 
 
 def scene_graph(pred: dict, object_names: list[str], predicate_names: list[str]) -> dict:
@@ -71,6 +87,7 @@ def predict_files(
     device: str = "cpu",
     dtype: str = "float32",
 ) -> list[Path]:
+    check_outputs(images, out_dir)
     arrays = []
     for path in images:
         try:
@@ -92,7 +109,6 @@ def predict_files(
         pred = trained.predict(batch, [image.shape[:2]], obj_text, pred_text, max_triplets)[0]
         graph = scene_graph(pred, object_names, predicate_names)
         stem = out_dir / Path(path).stem
-        (stem.with_suffix(".json")).write_text(json.dumps(graph, indent=2) + "\n")
         picture = render_scene_graph(
             image,
             pred["masks"],
@@ -103,6 +119,7 @@ def predict_files(
             top_k=top_k,
             title=Path(path).name,
         )
-        save_png(np.asarray(picture), stem.with_suffix(".png"))
+        save_png(np.asarray(picture), stem.with_suffix(".png"))  # the PNG first: a JSON is never left without it
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(graph, indent=2) + "\n")
         written.append(stem.with_suffix(".json"))
     return written

@@ -62,3 +62,21 @@ def test_predict_with_a_custom_vocabulary(evaluated, tmp_path, monkeypatch):
     broken.write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image"):
         predict_files([broken], out)
+
+
+def test_predict_refuses_colliding_outputs_and_repeated_names_before_any_work(tmp_path):
+    from stages.predict import read_vocabulary
+
+    for name in ("photo.png", "photo.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / name)
+    with pytest.raises(ValueError, match=r"photo.png and .*photo.jpg would both write"):
+        predict_files([tmp_path / "photo.png", tmp_path / "photo.jpg"], tmp_path / "out")
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match="--out .*taken: exists and is not a folder"):
+        predict_files([tmp_path / "photo.png"], a_file)
+    vocab = tmp_path / "objects.txt"
+    vocab.write_text("cat\ndog\ncat\n")
+    with pytest.raises(ValueError, match=r"\['cat'\] listed more than once"):
+        read_vocabulary(vocab, [], "object")
+    assert not (tmp_path / "out").exists()
