@@ -72,12 +72,21 @@ def predict_command(
     out: Path = typer.Option(Path("predictions"), help="Output folder (PNG + JSON per image)."),
     top_k: int = typer.Option(5, help="Triplets drawn on each PNG."),
     max_triplets: int = typer.Option(100, help="Triplets kept in each JSON scene graph."),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto (cuda when available)."),
+    dtype: str = typer.Option("float32", help="UNet / VAE / text-encoder dtype: float32 | bfloat16 | float16."),
 ) -> None:
     """Scene graphs for any images with the trained model (optionally with your own vocabulary)."""
+    from pipeline.models import resolve_device
     from stages.predict import predict_files
 
     with exit_on(FileNotFoundError, ValueError):
-        written = predict_files(images, out, objects, predicates, top_k, max_triplets)
+        if dtype not in ("float32", "bfloat16", "float16") or device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"--device {device!r} / --dtype {dtype!r}: cpu|cuda|auto and float32|bfloat16|float16")
+        try:
+            resolved = str(resolve_device(device))
+        except RuntimeError as err:  # cuda asked for, none available
+            raise ValueError(f"--device {device}: {err}") from None
+        written = predict_files(images, out, objects, predicates, top_k, max_triplets, resolved, dtype)
     typer.echo(f"wrote {len(written)} scene graphs to {out}/")
 
 
