@@ -94,6 +94,9 @@ def predict_files(
             arrays.append(read_image(path))
         except Exception as err:  # PIL raises several types for unreadable files
             raise ValueError(f"{path}: cannot read image ({err})") from None
+    if not Path(paths.CLASSES_JSON).is_file():
+        raise FileNotFoundError(f"{paths.CLASSES_JSON} not found under {Path.cwd()}: run `spade predict` in the "
+                                "project folder, after `dvc repro train`")
     classes = read_classes(paths.CLASSES_JSON)
     object_names = read_vocabulary(objects, classes.object_names, "object")
     predicate_names = read_vocabulary(predicates, classes.predicate_names, "predicate")

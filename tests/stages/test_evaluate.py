@@ -64,8 +64,10 @@ def test_predict_with_a_custom_vocabulary(evaluated, tmp_path, monkeypatch):
         predict_files([broken], out)
 
 
-def test_predict_refuses_colliding_outputs_and_repeated_names_before_any_work(tmp_path):
+def test_predict_refuses_colliding_outputs_and_repeated_names_before_any_work(tmp_path, monkeypatch):
     from stages.predict import read_vocabulary
+
+    monkeypatch.chdir(tmp_path)  # not a project folder
 
     for name in ("photo.png", "photo.jpg"):
         Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / name)
@@ -80,3 +82,5 @@ def test_predict_refuses_colliding_outputs_and_repeated_names_before_any_work(tm
     with pytest.raises(ValueError, match=r"\['cat'\] listed more than once"):
         read_vocabulary(vocab, [], "object")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError, match="run `spade predict` in the project folder"):  # cwd: no project
+        predict_files([tmp_path / "photo.png"], tmp_path / "out")
