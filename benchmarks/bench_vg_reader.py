@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import PeakMemory
 
 from pipeline.datasets.classes import read_data_file
+from pipeline.datasets.synthetic_vg import write_vg_files
 from pipeline.datasets.vg import CORRUPT_IMAGE_IDS, VGReader, read_vg_split
 
 
@@ -83,23 +83,10 @@ def write_boxes_only_vg(out: Path, num_entries: int, seed: int = 0) -> tuple[Pat
         "relationships": rel.astype(np.int32),
         "split": np.where(rng.random(n_img) < 0.7, 0, 2).astype(np.int32),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    h5_path, dicts_path, image_data_path = out / "VG-SGG.h5", out / "VG-SGG-dicts.json", out / "image_data.json"
-    with h5py.File(h5_path, "w") as f:
-        for name, value in arrays.items():
-            f.create_dataset(name, data=value)
-    objects, predicates = classes["thing_classes"], classes["predicate_classes"]
-    dicts = {
-        "idx_to_label": {str(i + 1): n for i, n in enumerate(objects)},
-        "label_to_idx": {n: i + 1 for i, n in enumerate(objects)},
-        "idx_to_predicate": {str(i + 1): n for i, n in enumerate(predicates)},
-        "predicate_to_idx": {n: i + 1 for i, n in enumerate(predicates)},
-    }
-    dicts_path.write_text(json.dumps(dicts))
     entries = [{"width": int(a), "height": int(b), "image_id": int(i), "url": "", "coco_id": None, "flickr_id": None}
                for i, a, b in zip(ids, widths, heights)]
-    image_data_path.write_text(json.dumps(entries))
-    return h5_path, dicts_path, image_data_path
+    files = write_vg_files(out, arrays, entries, classes["thing_classes"], classes["predicate_classes"])
+    return files.h5, files.dicts, files.image_data
 
 
 def measure(files: tuple[Path, Path, Path], split: str, mode: str) -> dict:

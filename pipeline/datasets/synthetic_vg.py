@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,20 @@ def generate_vg_dataset(
         "relationships": cat(relationships, 2, "int32"),
         "split": np.asarray(ranges["split"], dtype=np.int32),
     }
+    return write_vg_files(out_dir, arrays, image_data, classes.object_classes, classes.predicate_classes)
+
+
+def write_vg_files(
+    out_dir: str | Path,
+    arrays: dict[str, np.ndarray],
+    image_data: list[dict],
+    object_names: Sequence[str],
+    predicate_names: Sequence[str],
+) -> VGFiles:
+    """Write a VG-format triple from its h5 ``arrays`` (the module doc's keys, dtypes and encodings), the
+    ``image_data.json`` entries and the 0-based vocabularies; the dicts' counts are taken from ``arrays``.
+    Deterministic bytes (``track_times=False``, fixed ``libver``, fixed JSON key order)."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = VGFiles(out_dir / H5_NAME, out_dir / DICTS_NAME, out_dir / IMAGE_DATA_NAME, out_dir / IMAGE_DIR)
     files.h5.unlink(missing_ok=True)
@@ -163,7 +178,7 @@ def generate_vg_dataset(
         for name, value in arrays.items():
             f.create_dataset(name, data=value, track_times=False)
 
-    objects, preds = classes.object_classes, classes.predicate_classes
+    objects, preds = list(object_names), list(predicate_names)
     object_count = np.bincount(arrays["labels"].reshape(-1), minlength=len(objects) + 1)[1:]
     predicate_count = np.bincount(arrays["predicates"].reshape(-1), minlength=len(preds) + 1)[1:]
     dicts = {
