@@ -76,17 +76,10 @@ def predict_command(
     dtype: str = typer.Option("float32", help="UNet / VAE / text-encoder dtype: float32 | bfloat16 | float16."),
 ) -> None:
     """Scene graphs for any images with the trained model (optionally with your own vocabulary)."""
-    from pipeline.models import resolve_device
-    from stages.predict import predict_files
+    from stages.predict import predict_files, resolve_runtime
 
     with exit_on(FileNotFoundError, ValueError):
-        if dtype not in ("float32", "bfloat16", "float16") or device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"--device {device!r} / --dtype {dtype!r}: cpu|cuda|auto and float32|bfloat16|float16")
-        try:
-            resolved = str(resolve_device(device))
-        except RuntimeError as err:  # cuda asked for, none available
-            raise ValueError(f"--device {device}: {err}") from None
-        written = predict_files(images, out, objects, predicates, top_k, max_triplets, resolved, dtype)
+        written = predict_files(images, out, objects, predicates, top_k, max_triplets, *resolve_runtime(device, dtype))
     typer.echo(f"wrote {len(written)} scene graphs to {out}/")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -22,8 +23,8 @@ from pipeline.datasets.classes import read_classes
 from pipeline.datasets.panoptic import read_image
 from pipeline.images import to_tensor
 from pipeline.io import atomic_write_text
-from pipeline.models import load_models
-from pipeline.params import EvaluateParams, load_params
+from pipeline.models import load_models, resolve_device
+from pipeline.params import EvaluateParams, ModelParams, load_params
 from pipeline.psg_model import inference_config, load_trained
 from pipeline.tables import boxes_from_masks
 from pipeline.visualise import render_scene_graph, save_png
@@ -41,6 +42,18 @@ def read_vocabulary(path: Path | None, default: list[str], what: str) -> list[st
     if repeated:
         raise ValueError(f"{what} vocabulary {path}: {repeated} listed more than once (each name once)")
     return names
+
+
+def resolve_runtime(device: str, dtype: str) -> tuple[str, str]:
+    """``--device`` / ``--dtype`` checked against the values ``model.device`` / ``model.dtype`` accept; ``auto``
+    resolved. A bad value, or ``cuda`` without a CUDA device, is a ValueError."""
+    devices, dtypes = (get_args(ModelParams.model_fields[k].annotation) for k in ("device", "dtype"))
+    if dtype not in dtypes or device not in devices:
+        raise ValueError(f"--device {device!r} / --dtype {dtype!r}: {'|'.join(devices)} and {'|'.join(dtypes)}")
+    try:
+        return str(resolve_device(device)), dtype
+    except RuntimeError as err:  # cuda asked for, none available
+        raise ValueError(f"--device {device}: {err}") from None
 
 
 def check_outputs(images: list[Path], out_dir: Path) -> None:
