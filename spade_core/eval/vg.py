@@ -168,6 +168,7 @@ def evaluate(
     num_predicates: int,
     ks: Sequence[int] = (20, 50, 100),
     iou_thr: float = 0.5,
+    predicate_subset: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """VG SGDet R@K / mR@K with graph constraint (rules in the module doc).
 
@@ -179,6 +180,7 @@ def evaluate(
             score column is ignored.
         num_predicates: C (predicate ids are ``0..C-1``; the denominator of mR).
         ks: the K values. iou_thr: inclusive +1-pixel box IoU threshold for subject and object.
+        predicate_subset: if given, mR@K is the mean of ``R_c`` over these predicates only (R@K unchanged).
 
     Returns:
         ``R@K``, ``mR@K`` (fractions), ``per_predicate@K`` (float64 ``[C]``), ``num_images`` (images with GT
@@ -200,7 +202,10 @@ def evaluate(
         empty += was_empty
         num_gt_total += relations.shape[0]
         acc.add(first, relations)
-    out = acc.summary()
+    subset = None if predicate_subset is None else np.asarray(sorted(set(predicate_subset)), dtype=np.int64)
+    if subset is not None:
+        _check_range(subset, num_predicates, "predicate_subset")
+    out = acc.summary(subset)
     out["num_empty_predictions"] = empty
     out["num_gt_triplets"] = num_gt_total
     return out

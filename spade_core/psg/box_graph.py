@@ -16,10 +16,10 @@ union box = smallest box enclosing subject and object of a pair).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from spade_core.psg.graph import combine_spatial_semantic
 from spade_core.psg.relations import gather_pairs
 
 
@@ -71,22 +71,11 @@ def box_spatial_semantic_graph(
         raise ValueError(
             f"query_feats must be [B,Q,D] with B,Q = {tuple(boxes.shape[:2])}, got {tuple(query_feats.shape)}"
         )
-    b, q = boxes.shape[:2]
     xyxy = boxes.float()
     if size is not None:
         h, w = size
         xyxy = box_convert(xyxy, "cxcywh", "xyxy") * xyxy.new_tensor([w, h, w, h])
-    spatial = box_adjacency(xyxy, dilation)
-    feats = F.normalize(query_feats.float(), dim=-1)
-    semantic = torch.bmm(feats, feats.transpose(1, 2)) > semantic_threshold
-    g = spatial | semantic
-    g &= ~torch.eye(q, dtype=torch.bool, device=g.device)
-    if valid is not None:
-        if valid.shape != (b, q):
-            raise ValueError(f"valid must be [B,Q] = {(b, q)}, got {tuple(valid.shape)}")
-        vb = valid.bool()
-        g &= vb[:, :, None] & vb[:, None, :]
-    return g.to(query_feats.dtype)
+    return combine_spatial_semantic(box_adjacency(xyxy, dilation), query_feats, semantic_threshold, valid)
 
 
 def _axis_cover(lo: Tensor, hi: Tensor, n: int, soft: bool) -> Tensor:

@@ -4,7 +4,9 @@
 + `CriterionConfig` (matching and training loss) + `InferenceConfig` (class-score fusion at `predict`).
 All are frozen dataclasses; `to_dict()` gives plain JSON-ready data and `from_dict()` rebuilds the config
 from it (strict: an unknown or a missing key, defaulted fields included, is an error, so a checkpoint never
-silently loads with other settings, e.g. after a design constant changed).
+silently loads with other settings, e.g. after a design constant changed). The one exception: the fields a
+section lists in ``ADDED_KEYS``, added after configs were first saved, may be missing; they then take their
+defaults, which reproduce the behaviour of the code that wrote the dict (e.g. ``task="masks"``).
 
 Defaults: the fields the pipeline's ``params.yaml`` sets (``pipeline.params``, the one user-facing source of
 their defaults) have **no** default here and must be given; only the design constants that no parameter
@@ -19,25 +21,32 @@ from typing import Any, ClassVar, TypeVar
 
 _T = TypeVar("_T")
 
+TASKS = ("masks", "boxes")
+
 
 def _from_mapping(cls: type[_T], raw: Any, where: str, **converted: Any) -> _T:
-    """``cls(**raw)`` with errors naming ``where`` and the offending keys."""
+    """``cls(**raw)`` with errors naming ``where`` and the offending keys; the fields in ``cls.ADDED_KEYS`` may be
+    missing (their defaults)."""
     if not isinstance(raw, Mapping):
         raise TypeError(f"{where}: expected a mapping, got {type(raw).__name__}")
     names = [f.name for f in fields(cls)]
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown} (expected {names})")
-    missing = [n for n in names if n not in raw]  # strict, defaults included: what was saved is what loads
+    added = getattr(cls, "ADDED_KEYS", frozenset())
+    # strict, defaults included: what was saved is what loads (keys added later default to the old behaviour)
+    missing = [n for n in names if n not in raw and n not in added]
     if missing:
         raise ValueError(f"{where}: missing keys {missing}")
     return cls(**{**raw, **converted})
 
 
 class _Section:
-    """``to_dict`` / ``from_dict`` of a flat config dataclass; ``SECTION`` names it in error messages."""
+    """``to_dict`` / ``from_dict`` of a flat config dataclass; ``SECTION`` names it in error messages;
+    ``ADDED_KEYS``: the fields a saved dict may lack (added later; their defaults keep the old behaviour)."""
 
     SECTION: ClassVar[str]
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,8 +58,9 @@ class _Section:
 
 @dataclass(frozen=True)
 class PSGLossWeights(_Section):
-    """`L = rel * L_rel + rqc * L_rqc + mask * L_mask`, `L_mask = sum over decoder outputs of
-    (ce * L_ce + bce * L_bce + dice * L_dice)` (Mask2Former's 2 / 5 / 5)."""
+    """`L = rel * L_rel + rqc * L_rqc + mask * L_mask`, `L_mask` the instance loss summed over decoder outputs:
+    task "masks": `ce * L_ce + bce * L_bce + dice * L_dice` (Mask2Former's 2 / 5 / 5); task "boxes":
+    `ce * L_ce + bbox * L_bbox + giou * L_giou` (DETR's L1 and GIoU weights 5 / 2)."""
 
     rel: float
     rqc: float
@@ -58,8 +68,11 @@ class PSGLossWeights(_Section):
     ce: float = 2.0
     bce: float = 5.0
     dice: float = 5.0
+    bbox: float = 5.0
+    giou: float = 2.0
 
     SECTION: ClassVar[str] = "loss_weights"
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"bbox", "giou"})
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,8 @@ class ArchitectureConfig(_Section):
         decoder_layers: depth of the instance decoder Phi_ins.
         rgt_blocks: RGT depth (0: no RGT, the instance features go straight to S).
         use_lcnl, use_lcnnl, use_lcl: RGT parts (paper Table 6).
-        graph_dilation, semantic_threshold: spatial-semantic graph construction.
+        graph_dilation, semantic_threshold: spatial-semantic graph construction (dilation in pixels of the mask
+            logits; the box task measures its boxes in that frame too).
         eta, max_pairs, min_pairs: eq. 13's pair selection: the pairs with `S_ij > eta` become relation queries
             (at most `max_pairs` = P); when fewer pass, the best-scoring ones fill up to `min_pairs` (so early in
             training there are pairs to learn from).
@@ -81,6 +95,8 @@ class ArchitectureConfig(_Section):
         object_threshold, min_relation_objects: queries with objectness `1 - p(no object)` above the threshold
             (and at least the `min_relation_objects` most object-like ones) form the graph and the pairs;
             the others (predicted "no object", with near-identical features) would crowd out the real pairs.
+        task: what an instance is: "masks" (PSG: Mask2Former mask prediction, masked cross-attention) or
+            "boxes" (Visual Genome: DETR box prediction by a `BoxHead`, unmasked cross-attention).
     """
 
     feature_channels: tuple[int, ...]
@@ -103,8 +119,11 @@ class ArchitectureConfig(_Section):
     relation_layers: int = 3
     object_threshold: float = 0.5
     min_relation_objects: int = 4
+    task: str = "masks"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {list(TASKS)}, got {self.task!r}")
         if isinstance(self.feature_channels, (str, bytes)) or not isinstance(self.feature_channels, Sequence):
             raise TypeError(f"feature_channels must be a sequence of ints, got {self.feature_channels!r}")
         object.__setattr__(self, "feature_channels", tuple(int(c) for c in self.feature_channels))
@@ -114,6 +133,7 @@ class ArchitectureConfig(_Section):
             raise ValueError(f"min_pairs must be in [0, max_pairs={self.max_pairs}], got {self.min_pairs}")
 
     SECTION: ClassVar[str] = "architecture"
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"task"})
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "feature_channels": list(self.feature_channels)}
@@ -128,8 +148,9 @@ class CriterionConfig(_Section):
         no_object_weight: CE weight of the "no object" class.
         loss_weights: `PSGLossWeights`.
         no_relation_weight: CE weight of the "no relation" class.
-        cost_class, cost_mask, cost_dice: Hungarian matching costs.
-        deep_supervision: match + mask losses on every earlier decoder output too.
+        cost_class, cost_mask, cost_dice: Hungarian matching costs (task "masks").
+        cost_bbox, cost_giou: box L1 and -GIoU matching costs (task "boxes", with cost_class; DETR's 5 / 2).
+        deep_supervision: match + instance losses on every earlier decoder output too.
     """
 
     use_rqc: bool
@@ -140,18 +161,21 @@ class CriterionConfig(_Section):
     cost_mask: float = 5.0
     cost_dice: float = 5.0
     deep_supervision: bool = True
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss_weights, PSGLossWeights):
             raise TypeError(f"loss_weights must be a PSGLossWeights, got {type(self.loss_weights).__name__}")
 
     SECTION: ClassVar[str] = "criterion"
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"cost_bbox", "cost_giou"})
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CriterionConfig:
         weights = raw.get("loss_weights") if isinstance(raw, Mapping) else None
         extra = {"loss_weights": PSGLossWeights.from_dict(weights)} if isinstance(weights, Mapping) else {}
-        return _from_mapping(cls, raw, "criterion", **extra)
+        return _from_mapping(cls, raw, cls.SECTION, **extra)
 
 
 @dataclass(frozen=True)

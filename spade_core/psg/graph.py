@@ -58,17 +58,34 @@ def spatial_semantic_graph(
         raise ValueError(
             f"query_feats must be [B,Q,D] with B,Q = {tuple(masks.shape[:2])}, got {tuple(query_feats.shape)}"
         )
-    b, q = masks.shape[:2]
     m = masks if masks.dtype == torch.bool else masks > 0.5
     m = m.to(torch.float32).flatten(2)  # [B,Q,HW]
     dil = dilate_masks(m.view(masks.shape), dilation).flatten(2)
     spatial = torch.bmm(dil, m.transpose(1, 2)) > 0  # dilated i overlaps j
-    spatial = spatial | spatial.transpose(1, 2)
+    return combine_spatial_semantic(spatial | spatial.transpose(1, 2), query_feats, semantic_threshold, valid)
 
+
+@torch.no_grad()
+def combine_spatial_semantic(
+    spatial: torch.Tensor,
+    query_feats: torch.Tensor,
+    semantic_threshold: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`G = min(1, spatial + semantic)` from the spatial edges (of masks or of boxes), with zero diagonal.
+
+    Args:
+        spatial: `[B, Q, Q]` bool spatial edges.
+        query_feats: `[B, Q, D]` instance query features `H_o` (semantic edges: cosine > `semantic_threshold`).
+        semantic_threshold: cosine similarity above which two instances are semantically connected.
+        valid: optional `[B, Q]` bool; rows and columns of invalid queries are zero.
+    Returns:
+        `G`: `[B, Q, Q]` float 0/1, zero diagonal, no gradient (dtype of `query_feats`).
+    """
+    b, q = spatial.shape[:2]
     feats = F.normalize(query_feats.float(), dim=-1)
     semantic = torch.bmm(feats, feats.transpose(1, 2)) > semantic_threshold
-
-    g = spatial | semantic
+    g = spatial.bool() | semantic
     g &= ~torch.eye(q, dtype=torch.bool, device=g.device)
     if valid is not None:
         if valid.shape != (b, q):

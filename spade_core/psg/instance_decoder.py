@@ -6,6 +6,8 @@ levels but the finest, which carries the mask features, as in Mask2Former) -> se
 Before the first layer and after every layer the queries predict masks by a dot product of `mask_embed(q)`
 with the per-pixel mask features; the prediction of one step restricts the next layer's cross-attention to
 the pixels where it is > 0.5 (sigmoid), except for queries whose mask is empty, which attend everywhere.
+With `masked_attention=False` the cross-attention is not masked (DETR; the box task, whose masks are not
+supervised).
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class InstanceDecoder(nn.Module):
         num_levels: pyramid levels given to `forward` (the finest one is kept for the masks; the others are
             attended to, coarse to fine, cycling).
         dropout: attention / FFN dropout.
+        masked_attention: restrict each layer's cross-attention to the previous mask prediction (Mask2Former);
+            False: every query attends to every pixel (DETR).
 
     `forward(pyramid list[Tensor [B,D,h_k,w_k]] finest first, mask_features [B,D,H,W]) -> InstanceOutput`.
     """
@@ -96,6 +100,7 @@ class InstanceDecoder(nn.Module):
         ffn_dim: int | None = None,
         num_levels: int = 4,
         dropout: float = 0.0,
+        masked_attention: bool = True,
     ):
         super().__init__()
         if hidden_dim % num_heads or hidden_dim % 4:
@@ -109,6 +114,7 @@ class InstanceDecoder(nn.Module):
         self.num_queries = num_queries
         self.num_heads = num_heads
         self.num_levels = num_levels
+        self.masked_attention = masked_attention
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_pos = nn.Embedding(num_queries, hidden_dim)
         self.level_embed = nn.Embedding(max(num_levels - 1, 1), hidden_dim)
@@ -148,7 +154,7 @@ class InstanceDecoder(nn.Module):
         predictions = [self.predict_masks(q, mask_features)]
         for i, layer in enumerate(self.layers):
             k = i % len(levels)
-            attn_mask = self.attention_mask(predictions[-1][1], sizes[k])
+            attn_mask = self.attention_mask(predictions[-1][1], sizes[k]) if self.masked_attention else None
             q = layer(q, q_pos, memories[k], positions[k], attn_mask)
             predictions.append(self.predict_masks(q, mask_features))
         feats, masks = predictions[-1]

@@ -1,4 +1,5 @@
-"""Mask2Former instance losses `L_mask` over Hungarian-matched queries: CE (no-object weighted), BCE, dice."""
+"""Mask2Former instance losses `L_mask` over Hungarian-matched queries: CE (no-object weighted), BCE, dice.
+The CE (`classification_loss`) is shared with the box task (DETR: CE + L1 + GIoU)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,30 @@ def resize_target_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(masks[None].float(), size=size, mode=mode, **kwargs)[0].clamp(0, 1)
 
 
+def classification_loss(
+    class_logits: Tensor, targets: list[dict], indices: list[tuple[Tensor, Tensor]], no_object_weight: float = 0.1
+) -> Tensor:
+    """`L_ce` of one decoder output (the masks and the boxes task): matched queries target their GT label, the
+    others "no object" (weight `no_object_weight`); class-weighted mean over all queries (F.cross_entropy with a
+    weight vector).
+
+    Args:
+        class_logits: `[B,Q,C+1]`, last column = no object.
+        targets: per image `dict(labels LongTensor [S], ...)`.
+        indices: matcher output, per image `(pred_idx [K], gt_idx [K])`.
+    Returns:
+        scalar.
+    """
+    num_classes_p1 = class_logits.shape[-1]
+    device = class_logits.device
+    target_classes = torch.full(class_logits.shape[:2], num_classes_p1 - 1, dtype=torch.long, device=device)
+    for b, (pred_idx, gt_idx) in enumerate(indices):
+        target_classes[b, pred_idx.to(device)] = targets[b]["labels"].to(device)[gt_idx.to(device)].long()
+    weight = torch.ones(num_classes_p1, device=device, dtype=class_logits.dtype)
+    weight[-1] = no_object_weight
+    return F.cross_entropy(class_logits.transpose(1, 2), target_classes, weight=weight)
+
+
 def mask_losses(
     class_logits: Tensor,
     mask_logits: Tensor,
@@ -58,25 +83,18 @@ def mask_losses(
         num_masks: normaliser of the BCE and dice sums; default = number of GT masks in the batch (min 1).
             Under DDP pass the mean over ranks so every rank uses the same one.
 
-    Returns `dict(loss_ce, loss_bce, loss_dice)`: CE = class-weighted mean over all queries (F.cross_entropy
-    with a weight vector); BCE, dice = sums over matched pairs / num_masks.
+    Returns `dict(loss_ce, loss_bce, loss_dice)`: CE = `classification_loss`; BCE, dice = sums over matched
+    pairs / num_masks.
     """
     check_targets(mask_logits, targets)
     if len(indices) != len(targets):
         raise ValueError(f"indices: expected {len(targets)} entries, got {len(indices)}")
-    num_classes_p1 = class_logits.shape[-1]
     device = class_logits.device
     if num_masks is None:
         num_masks = float(sum(int(t["labels"].numel()) for t in targets))
     num_masks = max(float(num_masks), 1.0)
 
-    target_classes = torch.full(class_logits.shape[:2], num_classes_p1 - 1, dtype=torch.long, device=device)
-    for b, (pred_idx, gt_idx) in enumerate(indices):
-        target_classes[b, pred_idx.to(device)] = targets[b]["labels"].to(device)[gt_idx.to(device)].long()
-    weight = torch.ones(num_classes_p1, device=device, dtype=class_logits.dtype)
-    weight[-1] = no_object_weight
-    loss_ce = F.cross_entropy(class_logits.transpose(1, 2), target_classes, weight=weight)
-
+    loss_ce = classification_loss(class_logits, targets, indices, no_object_weight)
     src = [mask_logits[b, p.to(device)] for b, (p, _) in enumerate(indices)]
     tgt = [targets[b]["masks"].to(device)[g.to(device)] for b, (_, g) in enumerate(indices)]
     src, tgt = torch.cat(src), torch.cat(tgt)

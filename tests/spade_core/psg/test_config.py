@@ -22,7 +22,7 @@ def test_json_round_trip():
     assert list(raw) == ["architecture", "criterion", "inference"]
     assert raw["architecture"]["feature_channels"] == [32, 64]
     assert raw["criterion"]["loss_weights"] == {"rel": 0.5, "rqc": 0.1, "mask": 2.0, "ce": 2.0, "bce": 5.0,
-                                                "dice": 4.0}
+                                                "dice": 4.0, "bbox": 5.0, "giou": 2.0}
     back = SpadePSGConfig.from_dict(raw)
     assert back == config
     assert isinstance(back.architecture.feature_channels, tuple)
@@ -87,3 +87,38 @@ def test_from_dict_is_strict():
     crit = {k: v for k, v in raw["criterion"].items() if k != "cost_dice"}
     with pytest.raises(ValueError, match=r"criterion: missing keys \['cost_dice'\]"):
         SpadePSGConfig.from_dict({**raw, "criterion": crit})
+
+
+def test_box_task_fields_and_round_trip():
+    config = make_psg_config([32, 64], 16, task="boxes", cost_bbox=4.0, cost_giou=1.5,
+                             loss_weights=PSGLossWeights(rel=1.0, rqc=0.5, mask=1.0, bbox=3.0, giou=1.0))
+    raw = json.loads(json.dumps(config.to_dict()))
+    assert raw["architecture"]["task"] == "boxes"
+    assert (raw["criterion"]["cost_bbox"], raw["criterion"]["cost_giou"]) == (4.0, 1.5)
+    assert (raw["criterion"]["loss_weights"]["bbox"], raw["criterion"]["loss_weights"]["giou"]) == (3.0, 1.0)
+    assert SpadePSGConfig.from_dict(raw) == config
+    defaults = make_psg_config([8])
+    assert defaults.architecture.task == "masks"
+    assert (defaults.criterion.cost_bbox, defaults.criterion.cost_giou) == (5.0, 2.0)  # DETR
+    assert (defaults.criterion.loss_weights.bbox, defaults.criterion.loss_weights.giou) == (5.0, 2.0)
+    with pytest.raises(ValueError, match=r"task must be one of \['masks', 'boxes'\], got 'segments'"):
+        make_psg_config([8], task="segments")
+
+
+def test_dicts_saved_before_the_box_task_load_with_defaults():
+    """A dict without the box task's keys (written before they existed) loads as the mask model it was."""
+    config = make_psg_config([8, 16], eta=0.3)
+    raw = config.to_dict()
+    old = {
+        "architecture": {k: v for k, v in raw["architecture"].items() if k != "task"},
+        "criterion": {**{k: v for k, v in raw["criterion"].items() if k not in ("cost_bbox", "cost_giou")},
+                      "loss_weights": {k: v for k, v in raw["criterion"]["loss_weights"].items()
+                                       if k not in ("bbox", "giou")}},
+        "inference": raw["inference"],
+    }
+    assert SpadePSGConfig.from_dict(old) == config
+    # only the added keys may be missing; the added ones given explicitly are used
+    boxes = {**raw, "architecture": {**raw["architecture"], "task": "boxes"}}
+    assert SpadePSGConfig.from_dict(boxes).architecture.task == "boxes"
+    with pytest.raises(ValueError, match=r"criterion: missing keys \['cost_mask'\]"):
+        SpadePSGConfig.from_dict({**old, "criterion": {k: v for k, v in old["criterion"].items() if k != "cost_mask"}})

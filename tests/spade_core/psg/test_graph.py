@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from spade_core.psg.graph import dilate_masks, spatial_semantic_graph
+from spade_core.psg.graph import combine_spatial_semantic, dilate_masks, spatial_semantic_graph
 
 
 def _square(h, w, rows, cols):
@@ -100,3 +100,15 @@ def test_bad_shapes_raise():
         spatial_semantic_graph(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4), 1, 0.5)
     with pytest.raises(ValueError, match="masks"):
         spatial_semantic_graph(torch.zeros(2, 4, 4), torch.zeros(1, 2, 4), 1, 0.5)
+
+
+def test_combine_spatial_semantic():
+    """The shared tail of the mask and box graphs: spatial OR semantic, zero diagonal, invalid rows/cols zero."""
+    spatial = torch.tensor([[[True, True, False], [True, True, False], [False, False, True]]])
+    feats = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.1, 1.0]]])  # 1 and 2 semantically close
+    g = combine_spatial_semantic(spatial, feats, 0.9)[0]
+    assert g.tolist() == [[0, 1, 0], [1, 0, 1], [0, 1, 0]] and g.dtype == feats.dtype
+    gv = combine_spatial_semantic(spatial, feats, 0.9, torch.tensor([[True, True, False]]))[0]
+    assert gv.tolist() == [[0, 1, 0], [1, 0, 0], [0, 0, 0]]
+    with pytest.raises(ValueError, match="valid"):
+        combine_spatial_semantic(spatial, feats, 0.9, torch.ones(1, 2, dtype=torch.bool))

@@ -65,6 +65,35 @@ def test_masked_cross_attention_ignores_blocked_memory():
     assert not torch.allclose(before[0, ~left], after[0, ~left])
 
 
+def test_unmasked_attention_is_independent_of_the_mask_predictions():
+    """masked_attention=False (DETR): the queries are those of the masked decoder run with no attention mask,
+    and changing the mask head (hence every mask prediction) leaves them unchanged."""
+    pyramid, mask_features = _pyramid()
+    torch.manual_seed(0)
+    detr = InstanceDecoder(hidden_dim=16, num_queries=6, num_layers=3, masked_attention=False)
+    torch.manual_seed(0)
+    masked = InstanceDecoder(hidden_dim=16, num_queries=6, num_layers=3)
+    masked.attention_mask = lambda mask_logits, size: None
+    out = detr(pyramid, mask_features)
+    torch.testing.assert_close(out.query_feats, masked(pyramid, mask_features).query_feats)
+    with torch.no_grad():
+        for p in detr.mask_embed.parameters():
+            p.add_(torch.randn_like(p))
+    changed = detr(pyramid, mask_features)
+    assert not torch.allclose(changed.mask_logits, out.mask_logits)
+    torch.testing.assert_close(changed.query_feats, out.query_feats)
+    for (f0, _), (f1, _) in zip(out.aux, changed.aux):
+        torch.testing.assert_close(f0, f1)
+    # the masked decoder does depend on its mask predictions
+    torch.manual_seed(0)
+    masked = InstanceDecoder(hidden_dim=16, num_queries=6, num_layers=3)
+    before = masked(pyramid, mask_features).query_feats
+    with torch.no_grad():
+        for p in masked.mask_embed.parameters():
+            p.add_(torch.randn_like(p))
+    assert not torch.allclose(masked(pyramid, mask_features).query_feats, before)
+
+
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     decoder = InstanceDecoder(hidden_dim=16, num_queries=5, num_layers=3)

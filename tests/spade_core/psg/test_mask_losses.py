@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from spade_core.psg.mask_losses import dice_loss, mask_losses, resize_target_masks, sigmoid_bce_loss
+from spade_core.psg.mask_losses import (
+    classification_loss,
+    dice_loss,
+    mask_losses,
+    resize_target_masks,
+    sigmoid_bce_loss,
+)
 
 
 def _sig(x: float) -> float:
@@ -29,6 +35,9 @@ def test_hand_computed_losses():
     assert out["loss_ce"].item() == pytest.approx(ce, rel=1e-5)
     assert out["loss_bce"].item() == pytest.approx(bce, rel=1e-5)
     assert out["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
+    # the CE alone (shared with the box task) needs no masks
+    box_targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    assert classification_loss(class_logits, box_targets, indices, 0.1).item() == pytest.approx(ce, rel=1e-5)
 
 
 def test_normalised_by_number_of_gt_masks_in_the_batch():

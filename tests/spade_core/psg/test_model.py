@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -236,3 +237,38 @@ def test_no_rgt_baseline_passes_instance_features_through(random_psg_inputs):
     torch.testing.assert_close(out["rgt_feats"], out["query_feats"])
     unit = torch.nn.functional.normalize(out["query_feats"], dim=-1)
     torch.testing.assert_close(out["S"], unit @ unit.transpose(1, 2))
+
+
+# Mask-model state_dict recorded before the box task was added (torch 2.14, CPU): the box task must leave the
+# mask model's parameters, names, order and seeded initial values as they were (checkpoints, reproducibility).
+MASK_STATE_KEYS = 170
+MASK_STATE_SHA256 = "da4f3cbb903d64f9871870c10133fa8455216f8c9b9ef4679f9db28d179362e2"  # of "name:shape" lines
+MASK_STATE_ABS_SUMS = {
+    "pyramid": 1594.2858379844793,
+    "instance_decoder": 3789.2950010399527,
+    "object_classifier": 49.95460882765474,
+    "rgt": 2633.8105576934713,
+    "query_builder": 161.79787907004356,
+    "relation_decoder": 4507.767160710542,
+    "predicate_classifier": 51.753277736803284,
+}
+
+
+def test_mask_state_dict_unchanged_by_the_box_task():
+    def build():
+        torch.manual_seed(0)
+        return SpadePSG(make_psg_config([32, 64], 16, hidden_dim=32, num_queries=8, rgt_blocks=2, max_pairs=12,
+                                        decoder_layers=2)).state_dict()
+
+    state, again = build(), build()
+    assert list(state) == list(again) and all(torch.equal(state[k], again[k]) for k in state)
+    lines = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
+    assert len(state) == MASK_STATE_KEYS
+    assert hashlib.sha256(lines.encode()).hexdigest() == MASK_STATE_SHA256
+    sums = {}
+    for k, v in state.items():
+        top = k.split(".")[0]
+        sums[top] = sums.get(top, 0.0) + v.double().abs().sum().item()
+    assert list(sums) == list(MASK_STATE_ABS_SUMS)
+    for name, expected in MASK_STATE_ABS_SUMS.items():
+        assert sums[name] == pytest.approx(expected, rel=1e-6), name
