@@ -1,7 +1,9 @@
 """Do the teacher maps stored by ``invert`` point at the objects their tokens name?
 
 For the first ``max_images`` images of an inversion store, each kept triplet gives queries scored with
-:mod:`spade_core.diffusion.localisation` against the image's ground-truth segment masks: the subject phrase's
+:mod:`spade_core.diffusion.localisation` against the image's ground-truth object regions
+(:meth:`~pipeline.datasets.index.IndexRecord.load_regions`: the panoptic segment masks for PSG, the rasterised
+boxes for Visual Genome, so calibration's localisation is scored against boxes there): the subject phrase's
 and the object phrase's tokens against every segment of the category they name (kind ``entity``: the pointing
 game's rule, see :func:`pipeline.teacher.localisation_queries`) and against the triplet's one segment (kind
 ``entity-instance``), and the predicate's tokens against the union of both segments (kind ``predicate``).
@@ -28,11 +30,12 @@ from spade_core.diffusion.prompts import ROLE_OBJECT, ROLE_PREDICATE, ROLE_SUBJE
 
 
 def stored_queries(record: IndexRecord, roles: np.ndarray, triplet_index: np.ndarray) -> list[LocalisationQuery]:
-    """Queries of one stored prompt (``roles``/``triplet_index`` [T] as stored) against ``record``'s masks."""
+    """Queries of one stored prompt (``roles``/``triplet_index`` [T] as stored) against ``record``'s regions
+    (segment masks, or rasterised boxes for a box record)."""
     kept = sorted({int(k) for k in triplet_index if k >= 0})
     if not kept:
         return []
-    masks = torch.from_numpy(record.load_panoptic())
+    masks = torch.from_numpy(record.load_regions())
     targets = category_masks(masks, record.category_ids)
     queries = []
     for k in kept:

@@ -32,17 +32,36 @@ class _Section(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------- data
+VG_PATH_KEYS = ("vg_h5", "vg_dicts", "vg_image_data", "image_root")  # every one needed by data.source=vg
+
+
+def missing_vg_paths(data: Any) -> list[str]:
+    """The dotted ``data.*`` keys ``data.source=vg`` needs that ``data`` leaves empty (for the schema and for
+    ``prepare``, which may be called with a plain namespace)."""
+    return [f"data.{k}" for k in VG_PATH_KEYS if not getattr(data, k, None)]
+
+
 class DataParams(_Section):
-    source: Literal["synthetic", "psg"] = "synthetic"
+    source: Literal["synthetic", "psg", "vg", "synthetic-vg"] = "synthetic"
     split: Literal["closed", "ovr", "ovdr"] = "closed"
     on_error: Literal["fail", "skip"] = "fail"
     psg_json: str | None = None
     image_root: str | None = None
+    vg_h5: str | None = None
+    vg_dicts: str | None = None
+    vg_image_data: str | None = None
+    vg_filter_non_overlap: bool = True
 
     @model_validator(mode="after")
-    def _psg_paths(self) -> DataParams:
+    def _source_paths(self) -> DataParams:
         if self.source == "psg" and (not self.psg_json or not self.image_root):
             raise ValueError("data.source=psg needs data.psg_json and data.image_root")
+        missing = missing_vg_paths(self) if self.source == "vg" else []
+        if missing:
+            raise ValueError(
+                f"data.source=vg needs data.vg_h5, data.vg_dicts, data.vg_image_data and data.image_root; "
+                f"missing: {', '.join(missing)}"
+            )
         return self
 
 
@@ -116,7 +135,7 @@ class SyntheticParams(_Section):
     image_size: int = Field(128, ge=32, le=1024)
     min_objects: int = Field(2, ge=1, le=12)
     max_objects: int = Field(5, ge=1, le=12)
-    image_format: Literal["png"] = "png"
+    image_format: Literal["png", "jpg"] = "png"  # jpg: data.source=synthetic-vg only (checked by prepare)
 
     @model_validator(mode="after")
     def _objects(self) -> SyntheticParams:

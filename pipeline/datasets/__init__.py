@@ -4,7 +4,15 @@ Parquet index, and the readers of what ``prepare`` writes (``classes.json``: :fu
 needs ``spade_core.diffusion``)."""
 
 from pipeline.datasets.classes import ClassLists, load_class_lists, read_classes
-from pipeline.datasets.index import INDEX_SCHEMA, IndexRecord, read_index, read_index_table, write_index
+from pipeline.datasets.index import (
+    INDEX_SCHEMA,
+    AnnotationError,
+    IndexRecord,
+    box_regions,
+    read_index,
+    read_index_table,
+    write_index,
+)
 from pipeline.datasets.panoptic import id2rgb, read_panoptic_png, rgb2id, write_panoptic_png
 from pipeline.datasets.psg import DatasetError, PSGFile, load_psg_json, validate_record
 from pipeline.datasets.splits import (
@@ -19,12 +27,14 @@ from pipeline.datasets.synthetic import generate_dataset, generate_scene
 
 __all__ = [
     "INDEX_SCHEMA",
+    "AnnotationError",
     "ClassLists",
     "DatasetError",
     "IndexRecord",
     "PSGFile",
     "Split",
     "TrainingRelations",
+    "box_regions",
     "generate_dataset",
     "generate_scene",
     "id2rgb",

@@ -3,7 +3,8 @@
 
 Object ``category_id`` = index into ``thing_classes + stuff_classes``; predicate id = index into
 ``predicate_classes`` (both 0-based, psg.json order). ``object_names`` are readable names for text prompts
-(PSG: ``sky-other-merged`` -> ``sky``; synthetic names are readable already).
+(PSG: ``sky-other-merged`` -> ``sky``; synthetic and VG-150 names are readable already). VG-150
+(``vg_classes.json``) has only thing classes (``stuff_classes`` empty).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from typing import Any
 
 from pipeline import paths
 
-SOURCES = ("synthetic", "psg")
+SOURCES = ("synthetic", "psg", "vg")
+DATA_SOURCES = {"synthetic": "synthetic", "psg": "psg", "vg": "vg", "synthetic-vg": "synthetic"}
+
+
+def vocabulary_source(data_source: str) -> str:
+    """The shipped lists (``pipeline/data/<name>_*.json``: classes, split, spatial predicates) a ``data.source``
+    uses: its own name, except ``synthetic-vg`` (the synthetic scenes written as VG) -> ``synthetic``."""
+    if data_source not in DATA_SOURCES:
+        raise ValueError(f"data.source must be one of {sorted(DATA_SOURCES)}, got {data_source!r}")
+    return DATA_SOURCES[data_source]
 
 
 def read_data_file(name: str) -> dict[str, Any]:
@@ -65,7 +75,7 @@ class ClassLists:
 
 @cache
 def load_class_lists(source: str) -> ClassLists:
-    """The shipped label spaces of ``source`` (``"synthetic"`` or ``"psg"``)."""
+    """The shipped label spaces of ``source`` (``"synthetic"``, ``"psg"`` or ``"vg"``)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     raw = read_data_file(f"{source}_classes.json")

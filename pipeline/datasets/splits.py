@@ -6,8 +6,10 @@
 - ``ovdr`` (open-vocabulary detection + relation): also the novel object classes; relations touching a
   segment of a novel class are removed from training too, and those segments are marked.
 
-PSG: the PGSG predicate split and a documented 7:3 object split; synthetic: its own lists (see the ``_about``
-and ``*_rule`` fields of the JSON files). Test time always uses the text embeddings of *all* classes.
+PSG: the PGSG predicate split and a documented 7:3 object split; VG-150 (``source`` ``vg``): the OvSGTR split
+(its ``novel_to_base`` relabelling is used by ``prepare``, :mod:`pipeline.datasets.vg_open_vocab`); synthetic:
+its own lists (see the ``_about`` and ``*_rule`` fields of the JSON files). Test time always uses the text
+embeddings of *all* classes.
 """
 
 from __future__ import annotations

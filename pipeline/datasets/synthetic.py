@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -262,3 +263,12 @@ def generate_dataset(
     path = out_dir / "psg.json"
     path.write_text(json.dumps(psg), encoding="utf-8")
     return path
+
+
+def generation_args(prepare: Any) -> dict[str, Any]:
+    """The generator arguments (:func:`generate_dataset`, ``synthetic_vg.generate_vg_dataset``) of the
+    ``prepare`` params: ``prepare.seed`` and the ``prepare.synthetic`` section."""
+    syn = prepare.synthetic
+    return {"seed": prepare.seed, "num_train": syn.num_train, "num_test": syn.num_test,
+            "image_size": syn.image_size, "min_objects": syn.min_objects, "max_objects": syn.max_objects,
+            "image_format": syn.image_format}

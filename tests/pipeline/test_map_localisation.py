@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets.index import read_index
+from pipeline.datasets.index import IndexRecord, box_regions, read_index
 from pipeline.map_localisation import stored_map_localisation, stored_queries
 from pipeline.params import ScopedParams, default_params_dict, parse_params
 from pipeline.stores import InversionStore, StoreGeometry
@@ -61,9 +61,9 @@ def write_store(path: Path, records, maps: list[np.ndarray]) -> InversionStore:
     return store
 
 
-def oracle_maps(record, roles, trip) -> np.ndarray:
+def oracle_maps(record, roles, trip, regions=None) -> np.ndarray:
     """Maps equal to the masks of what each token names: a perfect teacher."""
-    small = torch.from_numpy(record.load_panoptic()).float()
+    small = torch.from_numpy(record.load_panoptic() if regions is None else regions).float()
     s, o, _ = record.relations[0]
     out = np.zeros((T, HA, HA), np.float32)
     for t in range(T):
@@ -116,3 +116,29 @@ def test_store_and_dataset_that_disagree_are_refused(records, tmp_path):
     store = write_store(tmp_path / "s.zarr", records, [np.ones((T, HA, HA))] * len(records))
     with pytest.raises(KeyError, match="is not in the dataset index"):
         stored_map_localisation(store, records[1:])
+
+
+def box_records() -> list[IndexRecord]:
+    """Box records (Visual Genome style: no panoptic PNG); regions are the rasterised boxes, no file read."""
+    boxes = [[[2, 3, 30, 40], [20, 10, 60, 50.5], [0, 40, 64, 64]], [[10, 10, 20, 20], [30.2, 30.2, 30.4, 30.4]]]
+    n = [len(b) for b in boxes]
+    return [
+        IndexRecord(str(100 + i), f"{100 + i}.jpg", "", HA, HA, [], list(range(n[i])), [True] * n[i], b, [[0, 1, 3]])
+        for i, b in enumerate(boxes)
+    ]
+
+
+def test_box_records_are_scored_against_their_boxes(tmp_path):
+    records = box_records()
+    regions = [box_regions(r.bboxes, HA, HA) for r in records]
+    roles, trip = prompt_layout(records[0])
+    masks = {q.kind: q.mask for q in stored_queries(records[0], roles, trip)}
+    assert torch.equal(masks["entity-instance"], torch.from_numpy(regions[0][1]))  # the object's box
+    assert torch.equal(masks["predicate"], torch.from_numpy(regions[0][0] | regions[0][1]))
+    perfect = [oracle_maps(r, *prompt_layout(r), regions=g) for r, g in zip(records, regions)]
+    good = stored_map_localisation(write_store(tmp_path / "good.zarr", records, perfect), records)
+    assert good["entity-instance"]["n"] == 4 and good["entity-instance"]["pointing"] == 1.0
+    assert good["entity-instance"]["iou"] == 1.0 and good["predicate"]["pointing"] == 1.0
+    shifted = [np.roll(m, 32, axis=(1, 2)) for m in perfect]  # peaks away from the boxes
+    bad = stored_map_localisation(write_store(tmp_path / "bad.zarr", records, shifted), records)
+    assert bad["entity-instance"]["iou"] < 1.0

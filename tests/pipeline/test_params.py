@@ -56,6 +56,12 @@ def test_defaults_round_trip():
         ({"calibrate": {"lambda": 0}}, "calibrate.lambda"),
         ({"prepare": {"synthetic": {"min_objects": 5, "max_objects": 2}}}, "min_objects must be <="),
         ({"data": {"source": "psg"}}, "data.source=psg needs data.psg_json"),
+        ({"data": {"source": "vg"}}, "missing: data.vg_h5, data.vg_dicts, data.vg_image_data, data.image_root"),
+        ({"data": {"source": "vg", "vg_h5": "a.h5", "vg_dicts": "d.json", "image_root": "img"}},
+         "data: data.source=vg needs data.vg_h5, data.vg_dicts, data.vg_image_data and data.image_root; "
+         "missing: data.vg_image_data"),
+        ({"data": {"source": "coco"}}, "data.source"),
+        ({"prepare": {"synthetic": {"image_format": "gif"}}}, "prepare.synthetic.image_format"),
         ({"model": {"preset": "sd"}}, "model.preset=sd needs model.sd_path"),
     ],
 )
@@ -248,7 +254,9 @@ def test_constraints_that_failed_in_a_later_stage_are_checked_up_front(raw, need
 @pytest.mark.parametrize(
     "raw",
     [{"model": {"image_size": 96}}, {"calibrate": {"read_block": 256}, "invert": {"shard_size": 128}},
-     {"calibrate": {"batch_size": 8, "micro_batch": 4}}],
+     {"calibrate": {"batch_size": 8, "micro_batch": 4}},
+     {"data": {"source": "vg", "vg_h5": "a.h5", "vg_dicts": "d.json", "vg_image_data": "i.json", "image_root": "x"}},
+     {"data": {"source": "synthetic-vg"}, "prepare": {"synthetic": {"image_format": "jpg"}}}],
 )  # fmt: skip
 def test_valid_combinations_pass(raw):
     parse_params(raw)

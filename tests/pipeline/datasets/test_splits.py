@@ -11,7 +11,7 @@ PGSG_NOVEL_IDS = [16, 23, 2, 14, 15, 26, 46, 4, 22, 1, 48, 37, 5, 11, 47, 12]
 
 
 def test_closed_has_nothing_novel():
-    for source in ("synthetic", "psg"):
+    for source in ("synthetic", "psg", "vg"):
         split = load_split(source, "closed")
         assert split.novel_predicates == frozenset() and split.novel_objects == frozenset()
 
@@ -50,7 +50,18 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="split must be one of"):
         load_split("psg", "open")
     with pytest.raises(ValueError, match="source must be one of"):
-        load_split("vg", "closed")
+        load_split("coco", "closed")
+
+
+def test_vg_split_is_the_ovsgtr_split():
+    classes, raw = load_class_lists("vg"), read_data_file("vg_split.json")
+    assert len(classes.object_classes) == 150 and classes.stuff_classes == () and classes.num_things == 150
+    ovr, ovdr = load_split("vg", "ovr"), load_split("vg", "ovdr")
+    assert {classes.predicate_classes[i] for i in ovr.novel_predicates} == set(raw["novel_predicates"])
+    assert len(ovr.novel_predicates) == 15 and ovr.novel_objects == frozenset()
+    assert ovdr.novel_predicates == ovr.novel_predicates
+    assert {classes.object_classes[i] for i in ovdr.novel_objects} == set(raw["novel_objects"])
+    assert len(ovdr.novel_objects) == 45
 
 
 def _record():
