@@ -15,6 +15,13 @@ Settings (each one call of :func:`spade_core.eval.evaluate` on a restricted grou
 
 Images left without a GT triplet by a restriction drop out of that setting (``num_images`` says how many
 count). Values are fractions; R@K is NaN for a setting with no evaluated image (written as ``null`` in JSON).
+
+Box ground truth (VG: GT dicts with ``boxes``, no ``masks``) is evaluated with the Scene-Graph-Benchmark rules
+(:mod:`spade_core.eval.vg`: +1-pixel box IoU, an empty prediction counts as recall 0, so
+``skip_empty_predictions`` does not apply) and OvSGTR's open-vocabulary recalls: ``closed`` is OvSGTR's
+"joint" recall, ``ovr`` the novel-relation recall (GT triplets with a novel predicate; R only), ``ovd`` the
+novel-object recall (subject **and** object of a novel class; R only) when the split has novel objects; the
+spatial DR/NDR split uses the GT box centres.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.datasets.classes import read_data_file
+from pipeline.datasets.classes import DATA_SOURCES, read_data_file, vocabulary_source
 from pipeline.io import atomic_write_json, atomic_write_text
 from pipeline.tables import METRICS_SCHEMA, write_table
 from pipeline.visualise import plot_per_predicate_recall
-from spade_core.eval import boxes_from_masks, evaluate, novel_triplet_mask, restrict_gt, spatial_split
+from spade_core.eval import boxes_from_masks, evaluate, novel_triplet_mask, restrict_gt, spatial_split, vg
 
-SETTINGS = ("closed", "ovr", "ovdr", "spatial_dr", "spatial_ndr")
+SETTINGS = ("closed", "ovr", "ovdr", "ovd", "spatial_dr", "spatial_ndr")
+PROTOCOLS = ("psg", "vg")
 METRICS_PARQUET = "metrics.parquet"
 PER_PREDICATE_PNG = "per_predicate_recall.png"
 
@@ -45,6 +53,7 @@ def load_spatial_predicates(source: str, predicate_names: Sequence[str]) -> list
     Raises ValueError for an unknown source or a listed name that is not in ``predicate_names``.
     """
     table = read_data_file("spatial_predicates.json")
+    source = vocabulary_source(source) if source in DATA_SOURCES else source
     if source not in table or source.startswith("_"):
         known = sorted(k for k in table if not k.startswith("_"))
         raise ValueError(f"source must be one of {known}, got {source!r}")
@@ -62,13 +71,40 @@ def _relations(gt: dict) -> np.ndarray:
 
 
 def _setting_summary(result: dict[str, Any], ks: Sequence[int]) -> dict[str, Any]:
+    """R@K, mR@K (when the setting has it), num_images, num_skipped (PSG: images skipped for an empty
+    prediction; VG: images whose empty prediction counted as recall 0)."""
     out: dict[str, Any] = {}
     for k in ks:
         out[f"R@{k}"] = result[f"R@{k}"]
-        out[f"mR@{k}"] = result[f"mR@{k}"]
+        if f"mR@{k}" in result:
+            out[f"mR@{k}"] = result[f"mR@{k}"]
     out["num_images"] = int(result["num_images"])
-    out["num_skipped"] = int(result["num_skipped"])
+    out["num_skipped"] = int(result.get("num_skipped", result.get("num_empty_predictions", 0)))
     return out
+
+
+def is_box_ground_truth(gt_images: Sequence[dict]) -> bool:
+    """True for VG-style GT (``boxes``, no ``masks``); raises ValueError for a mixture."""
+    kinds = {"boxes" in gt and "masks" not in gt for gt in gt_images}
+    if len(kinds) > 1:
+        raise ValueError("gt_images mixes box and mask ground truth")
+    return kinds == {True}
+
+
+def _gt_boxes(gt: dict) -> np.ndarray:
+    return np.asarray(gt["boxes"], dtype=np.float64).reshape(-1, 4) if "boxes" in gt else boxes_from_masks(gt["masks"])
+
+
+def _box_results(gt_images, pred_images, num_predicates, novel_predicates, novel_objects, ks, iou_thr):
+    """VG settings but the spatial ones: joint (``closed``), novel relation (``ovr``), novel object (``ovd``)."""
+    results = {"closed": vg.evaluate(gt_images, pred_images, num_predicates, ks, iou_thr)}
+    if len(novel_predicates):
+        results["ovr"] = vg.novel_recall(gt_images, pred_images, "relation", novel_predicates, ks, iou_thr,
+                                         num_predicates)
+    if len(novel_objects):
+        results["ovd"] = vg.novel_recall(gt_images, pred_images, "object", novel_objects, ks, iou_thr,
+                                         num_predicates)
+    return results
 
 
 def metric_rows(summary: dict[str, Any], setting_prefix: str = "") -> list[dict[str, Any]]:
@@ -111,11 +147,12 @@ def compute_metrics(
     Args:
         gt_images, pred_images: as in :func:`spade_core.eval.evaluate` (GT ``masks`` bool ``[S, H, W]``,
             ``labels`` ``[S]``, ``relations`` ``[R, 3]``; prediction ``None`` or ``masks`` ``[P, H, W]``,
-            ``labels`` ``[P]``, ranked ``triplets`` ``[T, 4]``).
+            ``labels`` ``[P]``, ranked ``triplets`` ``[T, 4]``), or with ``boxes`` ``[N, 4]`` xyxy pixels in
+            place of ``masks`` on both sides (:func:`spade_core.eval.vg.evaluate`; module doc).
         num_predicates: C; ``predicate_names`` must have C names.
         novel_predicates, novel_objects: ids of the split's novel predicates / object classes.
         spatial_predicates: predicate ids for the DR/NDR analysis (:func:`load_spatial_predicates`).
-        image_widths: per image width for the DR distance; default the GT mask width.
+        image_widths: per image width for the DR distance; default the GT mask width (required for boxes).
         ks, iou_thr, skip_empty_predictions: as in :func:`spade_core.eval.evaluate`.
 
     Returns:
@@ -128,35 +165,48 @@ def compute_metrics(
     if image_widths is not None and len(image_widths) != len(gt_images):
         raise ValueError(f"image_widths has {len(image_widths)} entries but gt_images has {len(gt_images)}")
     ks = [int(k) for k in ks]
-    common = {
-        "num_predicates": num_predicates,
-        "ks": ks,
-        "iou_thr": iou_thr,
-        "skip_empty_predictions": skip_empty_predictions,
-    }
-    results: dict[str, dict[str, Any]] = {"closed": evaluate(gt_images, pred_images, **common)}
+    boxes = is_box_ground_truth(gt_images)
     relations = [_relations(gt) for gt in gt_images]
+    if boxes:
+        results = _box_results(gt_images, pred_images, num_predicates, novel_predicates, novel_objects, ks, iou_thr)
 
-    def novel(objects: Sequence[int]) -> list[np.ndarray]:
-        return [novel_triplet_mask(r, gt["labels"], novel_predicates, objects) for r, gt in zip(relations, gt_images)]
+        def evaluate_subset(gts: list[dict], subset: list[int]) -> dict[str, Any]:
+            return vg.evaluate(gts, pred_images, num_predicates, ks, iou_thr, predicate_subset=subset)
+    else:
+        common = {
+            "num_predicates": num_predicates,
+            "ks": ks,
+            "iou_thr": iou_thr,
+            "skip_empty_predictions": skip_empty_predictions,
+        }
+        results = {"closed": evaluate(gt_images, pred_images, **common)}
 
-    if len(novel_predicates):
-        results["ovr"] = evaluate(
-            restrict_gt(gt_images, novel(())), pred_images, **common, predicate_subset=sorted(set(novel_predicates))
-        )
-    if len(novel_objects):
-        results["ovdr"] = evaluate(restrict_gt(gt_images, novel(novel_objects)), pred_images, **common)
+        def novel(objects: Sequence[int]) -> list[np.ndarray]:
+            return [novel_triplet_mask(r, gt["labels"], novel_predicates, objects)
+                    for r, gt in zip(relations, gt_images)]
+
+        def evaluate_subset(gts: list[dict], subset: list[int]) -> dict[str, Any]:
+            return evaluate(gts, pred_images, **common, predicate_subset=subset)
+
+        if len(novel_predicates):
+            results["ovr"] = evaluate_subset(restrict_gt(gt_images, novel(())), sorted(set(novel_predicates)))
+        if len(novel_objects):
+            results["ovdr"] = evaluate(restrict_gt(gt_images, novel(novel_objects)), pred_images, **common)
     if len(spatial_predicates):
         dr, ndr = [], []
         for i, (rel, gt) in enumerate(zip(relations, gt_images)):
-            masks = gt["masks"]
-            width = masks.shape[-1] if image_widths is None else image_widths[i]
-            d, n = spatial_split(rel, boxes_from_masks(masks), float(width), spatial_predicates)
+            if image_widths is not None:
+                width = image_widths[i]
+            elif boxes:
+                raise ValueError("image_widths is required with box ground truth (the DR distance)")
+            else:
+                width = gt["masks"].shape[-1]
+            d, n = spatial_split(rel, _gt_boxes(gt), float(width), spatial_predicates)
             dr.append(d)
             ndr.append(n)
         subset = sorted(set(spatial_predicates))
-        results["spatial_dr"] = evaluate(restrict_gt(gt_images, dr), pred_images, **common, predicate_subset=subset)
-        results["spatial_ndr"] = evaluate(restrict_gt(gt_images, ndr), pred_images, **common, predicate_subset=subset)
+        results["spatial_dr"] = evaluate_subset(restrict_gt(gt_images, dr), subset)
+        results["spatial_ndr"] = evaluate_subset(restrict_gt(gt_images, ndr), subset)
 
     summary: dict[str, Any] = {name: _setting_summary(r, ks) for name, r in results.items()}
     closed = results["closed"]
@@ -262,10 +312,12 @@ def write_outputs(
     metrics_json_path: Path,
     plots_csv_path: Path,
     chance: dict[str, Any] | None = None,
+    protocol: str = "psg",
 ) -> None:
     """Write the metric artifacts, each atomically (temporary file + rename).
 
-    * ``out_dir/metrics.parquet``: ``rows`` (+ the chance rows, setting ``chance_<setting>``), METRICS_SCHEMA.
+    * ``out_dir/metrics.parquet``: ``rows`` (+ the chance rows, setting ``chance_<setting>``), METRICS_SCHEMA,
+      with the file metadata ``protocol`` (``psg`` | ``vg``: which evaluator made the numbers).
     * ``metrics_json_path``: :func:`metrics_json` (for ``dvc metrics show``).
     * ``plots_csv_path``: :func:`per_predicate_csv` at the largest K (for ``dvc plots show``).
     * ``out_dir/per_predicate_recall.png``: bar chart of the same numbers.
@@ -277,7 +329,9 @@ def write_outputs(
     per_predicate = summary.get("per_predicate", []) if per_predicate is None else per_predicate
     all_rows = list(rows) + (metric_rows(chance, "chance_") if chance is not None else [])
     columns = {f.name: [r[f.name] for r in all_rows] for f in METRICS_SCHEMA}
-    write_table(columns, METRICS_SCHEMA, out_dir / METRICS_PARQUET)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    write_table(columns, METRICS_SCHEMA.with_metadata({"protocol": protocol}), out_dir / METRICS_PARQUET)
     atomic_write_json(metrics_json_path, metrics_json(summary, chance), indent=2)
     if not rows:
         raise ValueError("rows is empty: nothing to write")

@@ -1,5 +1,9 @@
 """Vocabularies and training targets of the PSG model, from the prepared index.
 
+Two annotation kinds (``IndexRecord.annotation``): ``panoptic`` (PSG: segment masks) and ``boxes`` (VG: boxes
+only). :func:`model_task` maps them to the model's task (``masks`` / ``boxes``), :func:`training_target` and
+:func:`ground_truth` give masks or boxes accordingly.
+
 Open-vocabulary protocol (docs/DESIGN.md §4.3.7): under ``ovr`` relations with a novel predicate are removed from the
 training targets, under ``ovdr`` also every instance of a novel object class (its segment is dropped from the
 targets, with its relations). Training classifies against the *base* vocabulary only; at test time the text
@@ -16,6 +20,17 @@ import torch
 from pipeline.datasets.classes import ClassLists
 from pipeline.datasets.index import IndexRecord
 from pipeline.datasets.splits import Split, training_relations
+from spade_core.psg.box_head import normalize_boxes
+
+TASKS = {"panoptic": "masks", "boxes": "boxes"}
+
+
+def model_task(records: list[IndexRecord]) -> str:
+    """The ``SpadePSG`` task of a prepared split: ``masks`` for panoptic records, ``boxes`` for box records."""
+    kinds = {r.annotation for r in records}
+    if len(kinds) != 1:
+        raise ValueError(f"the index mixes annotation kinds {sorted(kinds)}: prepare it again")
+    return TASKS[kinds.pop()]
 
 
 @dataclass(frozen=True)
@@ -48,25 +63,37 @@ def vocabularies(classes: ClassLists, split: Split) -> tuple[Vocabulary, Vocabul
 
 
 def training_target(record: IndexRecord, split: Split, vocab: Vocabulary) -> dict[str, torch.Tensor]:
-    """``dict(labels [S'] (local ids), masks [S',H,W] bool, relations [R,3] (local ids))`` for training."""
+    """``dict(labels [S'] (local ids), relations [R,3] (local ids))`` for training, plus ``masks [S',H,W]`` bool
+    (panoptic records) or ``boxes [S',4]`` normalised ``(cx, cy, w, h)`` (box records, ``SpadePSG``'s box
+    target format)."""
     kept = training_relations(record, split)
-    masks = record.load_panoptic()
     keep = [i for i, novel in enumerate(kept.novel_segments) if not novel]
     remap = {old: new for new, old in enumerate(keep)}
     lo, lp = vocab.local_object(), vocab.local_predicate()
     labels = [lo[record.category_ids[i]] for i in keep]
     rels = [(remap[s], remap[o], lp[p]) for s, o, p in kept.relations]
-    return {
+    target = {
         "labels": torch.tensor(labels, dtype=torch.long),
-        "masks": torch.from_numpy(masks[keep] if keep else np.zeros((0, *masks.shape[1:]), dtype=bool)),
         "relations": torch.tensor(rels, dtype=torch.long).reshape(-1, 3),
     }
+    if record.annotation == "boxes":
+        boxes = torch.tensor([record.bboxes[i] for i in keep], dtype=torch.float32).reshape(-1, 4)
+        target["boxes"] = normalize_boxes(boxes, (record.height, record.width))
+    else:
+        masks = record.load_panoptic()
+        target["masks"] = torch.from_numpy(masks[keep] if keep else np.zeros((0, *masks.shape[1:]), dtype=bool))
+    return target
 
 
 def ground_truth(record: IndexRecord) -> dict[str, np.ndarray]:
-    """The evaluator's GT dict (global ids, full resolution)."""
-    return {
-        "masks": record.load_panoptic(),
+    """The evaluator's GT dict (global ids, full resolution): ``labels``, ``relations`` and ``masks`` bool
+    ``[S,H,W]`` (panoptic) or ``boxes`` float ``[S,4]`` xyxy pixels (boxes)."""
+    gt = {
         "labels": np.asarray(record.category_ids, dtype=np.int64),
         "relations": np.asarray(record.relations, dtype=np.int64).reshape(-1, 3),
     }
+    if record.annotation == "boxes":
+        gt["boxes"] = np.asarray(record.bboxes, dtype=np.float64).reshape(-1, 4)
+    else:
+        gt["masks"] = record.load_panoptic()
+    return gt

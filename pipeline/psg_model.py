@@ -36,12 +36,14 @@ from spade_core.psg.model import SpadePSG
 
 
 def psg_config(
-    model: ModelParams, train: TrainParams, feature_channels: Sequence[int], clip_dim: int
+    model: ModelParams, train: TrainParams, feature_channels: Sequence[int], clip_dim: int, task: str = "masks"
 ) -> SpadePSGConfig:
     """The ``SpadePSGConfig`` of the params: every field the params expose comes from them (the design
-    constants keep ``spade_core``'s defaults). ``feature_channels`` / ``clip_dim``: of the frozen features."""
+    constants keep ``spade_core``'s defaults). ``feature_channels`` / ``clip_dim``: of the frozen features;
+    ``task``: ``masks`` (PSG) or ``boxes`` (VG), from the prepared data (:func:`pipeline.psg_data.model_task`)."""
     return SpadePSGConfig(
         architecture=ArchitectureConfig(
+            task=task,
             feature_channels=tuple(int(c) for c in feature_channels),
             clip_dim=int(clip_dim),
             hidden_dim=model.hidden_dim,
@@ -83,9 +85,11 @@ def inference_config(evaluate: EvaluateParams) -> InferenceConfig:
                            use_pooled_logits=evaluate.use_pooled_logits)
 
 
-def build_psg_model(model: ModelParams, train: TrainParams, feature_channels: list[int], clip_dim: int) -> SpadePSG:
+def build_psg_model(
+    model: ModelParams, train: TrainParams, feature_channels: list[int], clip_dim: int, task: str = "masks"
+) -> SpadePSG:
     """A freshly initialised ``SpadePSG`` for the params (initialisation draws from the global torch RNG)."""
-    return SpadePSG(psg_config(model, train, feature_channels, clip_dim))
+    return SpadePSG(psg_config(model, train, feature_channels, clip_dim, task))
 
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -129,6 +133,11 @@ class TrainedPSG:
     config: dict
     models: LoadedModels
 
+    @property
+    def region_key(self) -> str:
+        """Key of the predicted regions: ``masks`` (mask task, PSG) or ``boxes`` (box task, VG)."""
+        return "boxes" if self.model.config.architecture.task == "boxes" else "masks"
+
     @torch.no_grad()
     def vocabulary_embeddings(self, object_names: Sequence[str], predicate_names: Sequence[str]):
         """Text embeddings of any vocabulary (open vocabulary: names never seen in training work too)."""
@@ -141,8 +150,9 @@ class TrainedPSG:
     def predict(
         self, images01: torch.Tensor, image_sizes: Sequence[tuple[int, int]], obj_text, pred_text, max_triplets: int
     ) -> list[dict[str, np.ndarray]]:
-        """images [B,3,S,S] in [0,1] -> per image masks bool [N,H,W] (at ``image_sizes``), labels, scores,
-        triplets [T,4] (subject, object, predicate, score) ranked by score."""
+        """images [B,3,S,S] in [0,1] -> per image masks bool [N,H,W] (mask task) or boxes float [N,4] xyxy
+        pixels (box task), at ``image_sizes``; labels, scores, triplets [T,4] (subject, object, predicate, score)
+        ranked by score."""
         feats, dense = self.features(images01)
         out = self.model(feats, dense, obj_text, pred_text)
         preds = self.model.predict(out, list(image_sizes), max_triplets=max_triplets)

@@ -1,7 +1,10 @@
-"""The ``spade report`` Markdown: tables shaped like the paper's Table 1 and Table 4, plus an ablation table.
+"""The ``spade report`` Markdown: tables shaped like the paper's Table 1 and Table 4 (PSG) or Tables 2 and 3
+(VG), plus an ablation table.
 
-* Table 1: one row per setting (Closed, OvR, OvD+R, and the chance baseline when it was written), columns
-  R@K then mR@K for every K, values x100 with one decimal.
+* Table 1 (PSG protocol): one row per setting (Closed, OvR, OvD+R, and the chance baseline when it was
+  written), columns R@K then mR@K for every K, values x100 with one decimal.
+* Tables 2 and 3 (VG protocol, from ``metrics.parquet``'s ``protocol`` metadata): the closed set (R@K, mR@K, and
+  chance), then OvSGTR's open-vocabulary recalls: joint, novel relation (OvR), novel object (OvD).
 * Table 4: spatial predicates only, distant (DR) and non-distant (NDR) pairs, R@50 and mR@50.
 * Ablation (when ``dvc exp show --json`` lists at least two runs with metrics): one row per run with the
   parameters that differ between runs and R@50 / mR@50 of each setting present in ``metrics.json``.
@@ -18,11 +21,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from pipeline import paths
 from pipeline.io import atomic_write_text
 from pipeline.tables import METRICS_SCHEMA, read_table
 
 TABLE1 = {"closed": "Closed", "ovr": "OvR", "ovdr": "OvD+R"}
+TABLE2 = {"closed": "Closed"}
+TABLE3 = {"closed": "Joint (base + novel)", "ovr": "Novel relation (OvR)", "ovd": "Novel object (OvD)"}
 TABLE4 = {"spatial_dr": "DR", "spatial_ndr": "NDR"}
 METRICS_PARQUET = paths.EVALUATE / "metrics.parquet"
 Metrics = dict[tuple[str, str, int], tuple[float, int]]  # (setting, metric, k) -> (value, num_images)
@@ -48,19 +55,26 @@ def load_metrics(path: Path) -> Metrics:
     return {(r["setting"], r["metric"], r["k"]): (r["value"], r["num_images"]) for r in table}
 
 
-def _settings_table(metrics: Metrics, labels: dict[str, str], ks: list[int], first: str) -> str | None:
+def metrics_protocol(path: Path) -> str:
+    """``psg`` or ``vg``: the evaluator of a ``metrics.parquet`` (files written before the key existed: psg)."""
+    meta = pq.read_schema(path).metadata or {}
+    return meta.get(b"protocol", b"psg").decode()
+
+
+def _settings_table(metrics: Metrics, labels: dict[str, str], ks: list[int], first: str,
+                    measures: tuple[str, ...] = ("R", "mR"), chance: bool = True) -> str | None:
     names = [(s, lab) for s, lab in labels.items() if any(key[0] == s for key in metrics)]
     names += [
         (f"chance_{s}", f"Chance ({lab})")
         for s, lab in labels.items()
-        if any(key[0] == f"chance_{s}" for key in metrics)
+        if chance and any(key[0] == f"chance_{s}" for key in metrics)
     ]
     if not names:
         return None
-    header = [first] + [f"{m}@{k}" for m in ("R", "mR") for k in ks] + ["images"]
+    header = [first] + [f"{m}@{k}" for m in measures for k in ks] + ["images"]
     rows = []
     for setting, label in names:
-        cells = [_pct(metrics.get((setting, m, k), (None, 0))[0]) for m in ("R", "mR") for k in ks]
+        cells = [_pct(metrics.get((setting, m, k), (None, 0))[0]) for m in measures for k in ks]
         images = max((n for key, (_, n) in metrics.items() if key[0] == setting), default=0)
         rows.append([label, *cells, str(images)])
     return _markdown(header, rows)
@@ -100,14 +114,23 @@ def make_report(metrics_parquet: Path, exp_rows: list[dict[str, Any]] | None = N
     """The Markdown report of one ``metrics.parquet`` (and the runs of :func:`parse_dvc_exp_show`)."""
     metrics = load_metrics(metrics_parquet)
     ks = sorted({key[2] for key in metrics})
+    protocol = metrics_protocol(metrics_parquet)
     parts = [
         "# SPADE evaluation report",
         "",
-        f"SGDet recall on the test set (PSG protocol), values x100, from `{metrics_parquet}`.",
+        f"SGDet recall on the test set ({protocol.upper()} protocol), values x100, from `{metrics_parquet}`.",
     ]
-    table1 = _settings_table(metrics, TABLE1, ks, "Setting")
-    if table1:
-        parts += ["", "## Table 1: scene graph detection", "", table1]
+    if protocol == "vg":
+        table2 = _settings_table(metrics, TABLE2, ks, "Setting")
+        if table2:
+            parts += ["", "## Table 2: VG-150 scene graph detection (closed set)", "", table2]
+        table3 = _settings_table(metrics, TABLE3, ks, "Recall", measures=("R",), chance=False)
+        if table3 and any(key[0] in ("ovr", "ovd") for key in metrics):
+            parts += ["", "## Table 3: VG-150 open vocabulary (OvSGTR protocol)", "", table3]
+    else:
+        table1 = _settings_table(metrics, TABLE1, ks, "Setting")
+        if table1:
+            parts += ["", "## Table 1: scene graph detection", "", table1]
     spatial_ks = [50] if any(key[2] == 50 and key[0] in TABLE4 for key in metrics) else ks
     table4 = _settings_table(metrics, TABLE4, spatial_ks, "Pairs")
     if table4:

@@ -1,7 +1,8 @@
 """Parquet tables written by ``evaluate`` (explicit pyarrow schemas, documented in the README).
 
 ``triplets.parquet``: one row per ranked predicted triplet of a test image. Masks are COCO RLE (compressed
-``counts`` string; decode with ``pycocotools.mask.decode({"size": [height, width], "counts": ...})``).
+``counts`` string; decode with ``pycocotools.mask.decode({"size": [height, width], "counts": ...})``); a box
+model (VG) has no masks: its RLE columns are empty strings and the box columns hold its predicted boxes.
 ``metrics.parquet``: one row per (setting, metric, K).
 """
 
@@ -79,15 +80,26 @@ def decode_rle(counts: str, height: int, width: int) -> np.ndarray:
 
 def triplet_rows(
     image_id: str,
-    masks: np.ndarray,
-    labels: np.ndarray,
-    triplets: np.ndarray,
+    pred: dict[str, np.ndarray],
     object_names: Sequence[str],
     predicate_names: Sequence[str],
+    size: tuple[int, int] | None = None,
 ) -> dict[str, list[Any]]:
-    """Columns for one image's ranked triplets (``triplets`` [T,4]: subject, object, predicate, score)."""
-    h, w = masks.shape[1:] if masks.ndim == 3 else (0, 0)
-    rles, boxes = encode_rle(masks), boxes_from_masks(masks)
+    """Columns for one image's ranked triplets.
+
+    ``pred``: ``labels [N]``, ``triplets [T,4]`` (subject, object, predicate, score) and ``masks`` bool
+    ``[N,H,W]`` or ``boxes`` float ``[N,4]`` xyxy pixels; ``size`` ``(H, W)`` is required with boxes.
+    """
+    labels, triplets = pred["labels"], pred["triplets"]
+    if "masks" in pred:
+        masks = pred["masks"]
+        h, w = masks.shape[1:] if masks.ndim == 3 else (0, 0)
+        rles, boxes = encode_rle(masks), boxes_from_masks(masks)
+    else:
+        if size is None:
+            raise ValueError("triplet_rows: a box prediction needs the image size")
+        (h, w), boxes = size, np.asarray(pred["boxes"], dtype=np.float32).reshape(-1, 4)
+        rles = [""] * len(boxes)
     cols: dict[str, list[Any]] = {f.name: [] for f in TRIPLETS_SCHEMA}
     for rank, (s, o, p, score) in enumerate(np.asarray(triplets, dtype=np.float64)):
         s, o, p = int(s), int(o), int(p)

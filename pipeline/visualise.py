@@ -68,9 +68,25 @@ def _label_point(mask: np.ndarray) -> tuple[int, int] | None:
     return int(xs[j]), int(ys[j])
 
 
+def _box_regions(boxes: np.ndarray, n: int) -> np.ndarray:
+    """Validated float ``[N, 4]`` xyxy boxes."""
+    boxes = _numpy(boxes).astype(np.float64).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4))
+    if len(boxes) != n:
+        raise ValueError(f"boxes must be [N, 4] with N = {n} labels, got {boxes.shape}")
+    return boxes
+
+
+def _draw_boxes(draw: ImageDraw.ImageDraw, boxes: np.ndarray, scale: int, font, names: list[str]) -> None:
+    """Box outlines in the palette colours, each with its class name at its top-left corner."""
+    for i, (x1, y1, x2, y2) in enumerate(boxes * scale):
+        colour = tuple(int(c) for c in PALETTE[i % len(PALETTE)])
+        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=max(2, scale))
+        draw.text((x1 + 3, y1 + 2), names[i], font=font, fill=(255, 255, 255), stroke_width=2, stroke_fill=colour)
+
+
 def render_scene_graph(
     image: np.ndarray,
-    masks: np.ndarray,
+    masks: np.ndarray | None,
     labels: Sequence[int],
     triplets: np.ndarray,
     object_names: Sequence[str],
@@ -80,27 +96,32 @@ def render_scene_graph(
     hits: Sequence[bool] | None = None,
     alpha: float = 0.45,
     min_size: int = 256,
+    boxes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One image with its segments and top triplets.
+    """One image with its segments (or boxes) and top triplets.
 
     Args:
         image: uint8 ``[H, W, 3]``.
-        masks: bool ``[N, H, W]``; labels: ``[N]`` class ids into ``object_names``.
+        masks: bool ``[N, H, W]`` (None with ``boxes``); labels: ``[N]`` class ids into ``object_names``.
         triplets: ``[T, 4]`` (subject, object, predicate, score) or ``[T, 3]``, ranked; the first ``top_k``
             are listed as ``"1. red ball — left of — blue box (0.83)"``.
         title: first line of the text panel.
         hits: optional per listed triplet flag; flagged lines are drawn green (e.g. matched to GT).
         alpha: mask opacity. min_size: small images are upscaled (nearest, integer factor) to this short side.
+        boxes: float ``[N, 4]`` xyxy pixels (VG) drawn as outlines in place of masks.
 
     Returns:
         uint8 ``[H', W', 3]``: the (upscaled) image with coloured masks and class names at the mask centres,
         and a white text panel on its right; ``H' >= s*H``, ``W' > s*W`` (``s`` the upscale factor).
     """
-    image, masks = _numpy(image), _numpy(masks).astype(bool)
-    labels, triplets = _numpy(labels).reshape(-1).astype(np.int64), _numpy(triplets)
+    image, labels, triplets = _numpy(image), _numpy(labels).reshape(-1).astype(np.int64), _numpy(triplets)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2] or len(labels) != len(masks):
+    if boxes is not None:
+        boxes = _box_regions(boxes, len(labels))
+        masks = np.zeros((0, *image.shape[:2]), dtype=bool)
+    masks = _numpy(masks).astype(bool)
+    if boxes is None and (masks.ndim != 3 or masks.shape[1:] != image.shape[:2] or len(labels) != len(masks)):
         raise ValueError(
             f"masks must be bool [N, {image.shape[0]}, {image.shape[1]}] with N labels, "
             f"got masks {masks.shape} and {len(labels)} labels"
@@ -122,6 +143,8 @@ def render_scene_graph(
             x = min(max(point[0] * scale + scale / 2, half_w), max(half_w, canvas.shape[1] - half_w))
             y = min(max(point[1] * scale + scale / 2, half_h), max(half_h, canvas.shape[0] - half_h))
             draw.text((x, y), name, font=font, fill=(255, 255, 255), anchor="mm", stroke_width=2, stroke_fill=(0, 0, 0))
+    if boxes is not None:
+        _draw_boxes(draw, boxes, scale, font, [object_names[c] for c in labels])
 
     lines: list[tuple[str, tuple[int, int, int]]] = [(title, TEXT)] if title else []
     for r, row in enumerate(triplets):
@@ -164,62 +187,57 @@ def render_comparison(
     iou_thr: float = 0.5,
     title: str | None = None,
 ) -> np.ndarray:
-    """Ground truth (``masks``, ``labels``, ``relations`` ``[R, 3]``) beside a prediction (``masks``,
-    ``labels``, ranked ``triplets`` ``[T, 4]``; None = no prediction) in one uint8 ``[H', W', 3]`` array.
+    """Ground truth (``masks`` or ``boxes``, ``labels``, ``relations`` ``[R, 3]``) beside a prediction (the same
+    region kind, ``labels``, ranked ``triplets`` ``[T, 4]``; None = no prediction) in one uint8 ``[H', W', 3]``
+    array.
 
-    Predicted lines that match a GT triplet (PSG rule, :func:`spade_core.eval.match_image`) are green, and so
-    are the GT lines recalled by the listed predictions.
+    Predicted lines that match a GT triplet (PSG rule, :func:`spade_core.eval.match_image`; VG rule,
+    :func:`spade_core.eval.vg.match_image`, for boxes) are green, and so are the GT lines recalled by the listed
+    predictions.
     """
-    from spade_core.eval import match_image
+    from spade_core.eval import match_image, vg
 
+    kind = "boxes" if "boxes" in gt and "masks" not in gt else "masks"
+    match = vg.match_image if kind == "boxes" else match_image
     gt_rel = _numpy(gt["relations"]).reshape(-1, 3).astype(np.int64)
     gt_rel = gt_rel[np.sort(np.unique(gt_rel, axis=0, return_index=True)[1])] if len(gt_rel) else gt_rel
-    gt_masks, gt_labels = _numpy(gt["masks"]).astype(bool), _numpy(gt["labels"]).reshape(-1).astype(np.int64)
+    gt_regions, gt_labels = _numpy(gt[kind]), _numpy(gt["labels"]).reshape(-1).astype(np.int64)
+
+    def regions(value: np.ndarray) -> dict:
+        return {"masks": None, "boxes": value} if kind == "boxes" else {"masks": value.astype(bool)}
+
     gt_hits = np.zeros(len(gt_rel), dtype=bool)
     prefix = f"{title}: " if title else ""
     panels = []
     if pred is None or len(pred["triplets"]) == 0:
+        empty = np.zeros((0, 4)) if kind == "boxes" else np.zeros((0, *image.shape[:2]), bool)
         pred_panel = render_scene_graph(
-            image,
-            np.zeros((0, *gt_masks.shape[1:]), bool),
-            [],
-            np.zeros((0, 4)),
-            object_names,
-            predicate_names,
-            top_k,
-            f"{prefix}prediction (none)",
-        )
+            image, labels=[], triplets=np.zeros((0, 4)), object_names=object_names, predicate_names=predicate_names,
+            top_k=top_k, title=f"{prefix}prediction (none)", **regions(empty),
+        )  # fmt: skip
     else:
-        masks = _numpy(pred["masks"]).astype(bool)
+        pred_regions = _numpy(pred[kind])
         labels = _numpy(pred["labels"]).reshape(-1).astype(np.int64)
         rows = _numpy(pred["triplets"])[:top_k]
         pred_hits = []
         for r in range(len(rows)):
             row = rows[r : r + 1, :3].astype(np.int64)
             first = (
-                match_image(gt_masks, gt_labels, gt_rel, masks, labels, row, iou_thr)
+                match(gt_regions, gt_labels, gt_rel, pred_regions, labels, row, iou_thr)
                 if len(gt_rel)
                 else np.zeros(0, np.int64)
             )
             pred_hits.append(bool((first >= 0).any()))
             gt_hits |= first >= 0
         pred_panel = render_scene_graph(
-            image, masks, labels, rows, object_names, predicate_names, top_k, f"{prefix}prediction", hits=pred_hits
-        )
-    panels.append(
-        render_scene_graph(
-            image,
-            gt_masks,
-            gt_labels,
-            gt_rel,
-            object_names,
-            predicate_names,
-            top_k,
-            f"{prefix}ground truth",
-            hits=gt_hits[:top_k],
-        )
-    )
-    panels.append(pred_panel)
+            image, labels=labels, triplets=rows, object_names=object_names, predicate_names=predicate_names,
+            top_k=top_k, title=f"{prefix}prediction", hits=pred_hits, **regions(pred_regions),
+        )  # fmt: skip
+    gt_panel = render_scene_graph(
+        image, labels=gt_labels, triplets=gt_rel, object_names=object_names, predicate_names=predicate_names,
+        top_k=top_k, title=f"{prefix}ground truth", hits=gt_hits[:top_k], **regions(gt_regions),
+    )  # fmt: skip
+    panels += [gt_panel, pred_panel]
     return _hstack(panels)
 
 

@@ -1,10 +1,11 @@
-"""Stage ``evaluate``: PSG SGDET metrics of the trained model on the test split.
+"""Stage ``evaluate``: SGDET metrics of the trained model on the test split.
 
 Runs the model on every test image (batched) with the text embeddings of the *full* vocabulary, then
-evaluates with the exact PSG protocol (``spade_core.eval``): closed set, OvR / OvD+R (when the split has
-novel classes) and the spatial analysis (DR / NDR), plus a chance baseline (random triplets over the
-predicted masks). Writes ``artifacts/evaluate/{triplets.parquet,metrics.parquet,chance.json,
-per_predicate_recall.png,visualisations/}``, ``artifacts/metrics.json`` (DVC metrics) and
+evaluates with the exact PSG protocol (``spade_core.eval``; panoptic data) or the Scene-Graph-Benchmark /
+OvSGTR protocol (``spade_core.eval.vg``; box data, VG): closed set, the open-vocabulary settings (when the split
+has novel classes) and the spatial analysis (DR / NDR), plus a chance baseline (random triplets over the
+predicted masks or boxes; :mod:`pipeline.evaluation`). Writes ``artifacts/evaluate/{triplets.parquet,
+metrics.parquet,chance.json,per_predicate_recall.png,visualisations/}``, ``artifacts/metrics.json`` (DVC metrics) and
 ``artifacts/per_predicate_recall.csv`` (DVC plots).
 """
 
@@ -48,7 +49,8 @@ def run(p: ScopedParams) -> None:
         images = load_images(batch, size)
         preds += trained.predict(images, [(r.height, r.width) for r in batch], obj_text, pred_text, ev.max_triplets)
     gts = [ground_truth(r) for r in records]
-    pred_images = [{"masks": q["masks"], "labels": q["labels"], "triplets": q["triplets"]} for q in preds]
+    region = trained.region_key
+    pred_images = [{region: q[region], "labels": q["labels"], "triplets": q["triplets"]} for q in preds]
     common = {
         "num_predicates": len(predicate_names),
         "predicate_names": predicate_names,
@@ -67,16 +69,17 @@ def run(p: ScopedParams) -> None:
         (tmp / "visualisations").mkdir()
         columns = concat_columns(
             [
-                triplet_rows(r.image_id, q["masks"], q["labels"], q["triplets"], object_names, predicate_names)
-                for r, q in zip(records, preds)
+                triplet_rows(r.image_id, q, object_names, predicate_names, (r.height, r.width))
+                for r, q in zip(records, pred_images)
             ],
             TRIPLETS_SCHEMA,
         )
         write_table(columns, TRIPLETS_SCHEMA, tmp / "triplets.parquet")
-        for r, q, g in list(zip(records, preds, gts))[: ev.num_visualisations]:
+        for r, q, g in list(zip(records, pred_images, gts))[: ev.num_visualisations]:
             picture = render_comparison(r.load_image(), g, q, object_names, predicate_names, title=r.image_id)
             save_png(picture, tmp / "visualisations" / f"{r.image_id}.png")
-        write_outputs(tmp, rows, summary, None, paths.EVALUATE_METRICS, paths.EVALUATE_PLOTS, chance=chance)
+        write_outputs(tmp, rows, summary, None, paths.EVALUATE_METRICS, paths.EVALUATE_PLOTS, chance=chance,
+                      protocol="vg" if region == "boxes" else "psg")
     closed = summary["closed"]
     print(
         "evaluate: "

@@ -2,8 +2,8 @@
 
 The classifier is open-vocabulary: with ``--objects`` / ``--predicates`` (text files, one name per line) the
 names are embedded with the CLIP text encoder and the model classifies against them instead of the dataset's
-vocabulary. Writes, per image, ``<out>/<stem>.png`` (masks + top triplets) and ``<out>/<stem>.json`` (the scene
-graph: objects with class, score and box; triplets ranked by score).
+vocabulary. Writes, per image, ``<out>/<stem>.png`` (masks, or boxes for a model trained on VG, + top triplets)
+and ``<out>/<stem>.json`` (the scene graph: objects with class, score and box; triplets ranked by score).
 
 ``dtype`` (``float32`` | ``bfloat16`` | ``float16``) is that of the UNet, VAE and text encoder, as
 ``model.dtype`` in the stages; the PSG head and CLIP stay float32. The classification sources (paper Table 7)
@@ -69,7 +69,8 @@ def check_outputs(images: list[Path], out_dir: Path) -> None:
 
 
 def scene_graph(pred: dict, object_names: list[str], predicate_names: list[str]) -> dict:
-    boxes = boxes_from_masks(pred["masks"])
+    """The JSON scene graph of one prediction (mask or box model: boxes from the masks, or the predicted ones)."""
+    boxes = boxes_from_masks(pred["masks"]) if "masks" in pred else np.asarray(pred["boxes"], dtype=float)
     return {
         "objects": [
             {"index": i, "class": object_names[int(c)], "score": round(float(s), 4), "box_xyxy": boxes[i].tolist()}
@@ -126,15 +127,9 @@ def predict_files(
         graph = scene_graph(pred, object_names, predicate_names)
         stem = out_dir / Path(path).stem
         picture = render_scene_graph(
-            image,
-            pred["masks"],
-            pred["labels"],
-            pred["triplets"],
-            object_names,
-            predicate_names,
-            top_k=top_k,
-            title=Path(path).name,
-        )
+            image, pred.get("masks"), pred["labels"], pred["triplets"], object_names, predicate_names,
+            top_k=top_k, title=Path(path).name, boxes=pred.get("boxes"),
+        )  # fmt: skip
         save_png(np.asarray(picture), stem.with_suffix(".png"))  # the PNG first: a JSON is never left without it
         atomic_write_text(stem.with_suffix(".json"), json.dumps(graph, indent=2) + "\n")
         written.append(stem.with_suffix(".json"))

@@ -21,7 +21,7 @@ from pipeline.engine import write_curve
 from pipeline.io import prepare_outputs
 from pipeline.models import load_models, resolve_device
 from pipeline.params import ScopedParams
-from pipeline.psg_data import training_target, vocabularies
+from pipeline.psg_data import model_task, training_target, vocabularies
 from pipeline.psg_model import build_psg_model, save_trained, text_embeddings
 from pipeline.psg_training import (
     CURVE_FIELDS,
@@ -59,7 +59,7 @@ def run(p: ScopedParams) -> None:
                                   paths.FEATURE_CACHE if t.cache_features else None)
     targets = [training_target(r, split, base) for r in records]
     torch.manual_seed(t.seed)  # here: whatever drew from the RNG before (a feature-cache build) must not matter
-    model = build_psg_model(m, t, frozen.channels, models.clip.embed_dim).to(device)
+    model = build_psg_model(m, t, frozen.channels, models.clip.embed_dim, model_task(records)).to(device)
     job = PSGTraining(model, targets, get_features, obj_text, pred_text)
     stop = int(os.environ.get(STOP_ENV, "-1"))
     result = train_psg(job, t, settings_digest(m, t, p.data.split, identity), ctx, device,

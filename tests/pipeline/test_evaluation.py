@@ -105,8 +105,8 @@ def test_per_predicate_rows_and_bad_names():
 def test_rows_match_schema_and_round_trip(tmp_path):
     rows, s = metrics([IMAGE0, IMAGE1], [pred((2, 1, 2)), None], novel_predicates=[2], novel_objects=[1],
                       spatial_predicates=[0, 1, 2])
-    assert {r["setting"] for r in rows} == set(SETTINGS)
-    assert len(rows) == len(SETTINGS) * 2 * 2  # settings x (R, mR) x ks
+    assert {r["setting"] for r in rows} == set(SETTINGS) - {"ovd"}  # ovd: box ground truth only
+    assert len(rows) == (len(SETTINGS) - 1) * 2 * 2  # settings x (R, mR) x ks
     assert all(set(r) == set(METRICS_SCHEMA.names) for r in rows)
     write_outputs(tmp_path / "ev", rows, s, None, tmp_path / "metrics.json", tmp_path / "pp.csv")
     back = read_table(tmp_path / "ev" / "metrics.parquet", METRICS_SCHEMA).to_pylist()
@@ -194,3 +194,61 @@ def test_load_spatial_predicates():
         load_spatial_predicates("synthetic", syn[:-1])
     with pytest.raises(ValueError, match="source"):
         load_spatial_predicates("coco", syn)
+
+
+# Box ground truth (VG protocol): the same three regions as boxes, xyxy pixels (exclusive ends)
+BOXES = np.array([[0, 0, 5, 10], [24, 0, 30, 10], [8, 0, 13, 10]], dtype=np.float64)
+VG0 = {"boxes": BOXES, "labels": LABELS, "relations": IMAGE0["relations"]}
+VG1 = {"boxes": BOXES, "labels": LABELS, "relations": IMAGE1["relations"]}
+
+
+def box_pred(*rows: tuple[int, int, int], boxes: np.ndarray = BOXES) -> dict:
+    return {**{k: v for k, v in pred(*rows).items() if k != "masks"}, "boxes": boxes}
+
+
+def test_box_ground_truth_uses_the_vg_rules_and_ovsgtr_recalls():
+    gts = [VG0, VG1]
+    preds = [box_pred((2, 1, 2), (0, 1, 0)), None]
+    _, s = metrics(gts, preds, novel_predicates=[2], novel_objects=[1, 2], image_widths=[W, W])
+    # VG counts an image without prediction as recall 0 (PSG would skip it)
+    assert s["closed"]["R@3"] == pytest.approx((2 / 3 + 0) / 2) and s["closed"]["num_skipped"] == 1
+    assert s["ovr"]["R@3"] == 1.0 and "mR@3" not in s["ovr"]  # novel relation: (2,1,2) only
+    assert s["ovd"]["R@3"] == 1.0  # novel object: subject and object both novel -> (2,1,2) only
+    assert s["ovd"]["num_images"] == 1 and "ovdr" not in s
+    _, psg = metrics([IMAGE0, IMAGE1], [pred((2, 1, 2), (0, 1, 0)), None], novel_predicates=[2])
+    assert psg["closed"]["R@3"] == pytest.approx(2 / 3)  # the PSG evaluator skips the empty image
+
+
+def test_box_iou_uses_the_plus_one_pixel_convention():
+    # a predicted subject box 1 px narrower: plain IoU 4/5 ... with +1 px 5/6; both pass 0.8, only +1 px 0.82
+    shifted = BOXES.copy()
+    shifted[0] = [0, 0, 4, 10]
+    _, s = metrics([VG1], [box_pred((0, 2, 1), boxes=shifted)], image_widths=[W], iou_thr=0.82)
+    assert s["closed"]["R@1"] == 1.0
+    _, s = metrics([VG1], [box_pred((0, 2, 1), boxes=shifted)], image_widths=[W], iou_thr=0.84)
+    assert s["closed"]["R@1"] == 0.0
+
+
+def test_box_spatial_split_uses_box_centres_and_needs_widths():
+    _, s = metrics([VG0], [box_pred((0, 1, 0))], spatial_predicates=[0, 1, 2], image_widths=[W])
+    assert s["spatial_dr"]["R@3"] == pytest.approx(1 / 2)  # (0,1) and (2,1) are distant; one found
+    assert s["spatial_ndr"]["R@3"] == 0.0
+    with pytest.raises(ValueError, match="image_widths"):
+        metrics([VG0], [box_pred((0, 1, 0))], spatial_predicates=[0])
+    with pytest.raises(ValueError, match="mixes"):
+        metrics([VG0, IMAGE1], [None, None])
+
+
+def test_box_chance_baseline_and_protocol_metadata(tmp_path):
+    kw = {"num_predicates": 4, "predicate_names": NAMES, "ks": (1, 3), "image_widths": [W]}
+    perfect = [box_pred((0, 1, 0), (0, 2, 1), (2, 1, 2))]
+    rows, summary = compute_metrics([VG0], perfect, **kw)
+    chance = chance_baseline([VG0], perfect, rng_seed=0, max_triplets=3, **kw)
+    assert summary["closed"]["R@3"] == 1.0 and chance["closed"]["R@3"] < 1.0
+    write_outputs(tmp_path, rows, summary, None, tmp_path / "m.json", tmp_path / "p.csv", chance=chance,
+                  protocol="vg")
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(tmp_path / "metrics.parquet").metadata[b"protocol"] == b"vg"
+    with pytest.raises(ValueError, match="protocol"):
+        write_outputs(tmp_path, rows, summary, None, tmp_path / "m.json", tmp_path / "p.csv", protocol="coco")

@@ -28,8 +28,10 @@ def test_triplets_round_trip(tmp_path):
     masks = _masks()
     labels = np.array([1, 0, 2])
     trip = np.array([[0, 1, 1, 0.9], [1, 2, 0, 0.5]])
-    cols = triplet_rows("img7", masks, labels, trip, ["cat", "dog", "sky"], ["on", "beside"])
-    cols = concat_columns([cols, triplet_rows("img8", masks[:0], labels[:0], trip[:0], [], [])], TRIPLETS_SCHEMA)
+    cols = triplet_rows("img7", {"masks": masks, "labels": labels, "triplets": trip}, ["cat", "dog", "sky"],
+                        ["on", "beside"])
+    empty = {"masks": masks[:0], "labels": labels[:0], "triplets": trip[:0]}
+    cols = concat_columns([cols, triplet_rows("img8", empty, [], [])], TRIPLETS_SCHEMA)
     path = tmp_path / "triplets.parquet"
     write_table(cols, TRIPLETS_SCHEMA, path)
     table = read_table(path, TRIPLETS_SCHEMA)
@@ -51,3 +53,16 @@ def test_schema_mismatch_is_reported(tmp_path):
     assert read_table(path, METRICS_SCHEMA).num_rows == 1
     with pytest.raises(ValueError, match="schema does not match"):
         read_table(path, TRIPLETS_SCHEMA)
+
+
+def test_box_triplets_keep_boxes_and_have_no_rle(tmp_path):
+    boxes = np.array([[1.5, 2, 6, 8], [0, 0, 4, 3]], dtype=np.float32)
+    pred = {"boxes": boxes, "labels": np.array([0, 1]), "triplets": np.array([[1, 0, 0, 0.7]])}
+    with pytest.raises(ValueError, match="image size"):
+        triplet_rows("vg1", pred, ["cat", "dog"], ["on"])
+    cols = triplet_rows("vg1", pred, ["cat", "dog"], ["on"], size=(20, 30))
+    path = tmp_path / "t.parquet"
+    write_table(cols, TRIPLETS_SCHEMA, path)
+    (row,) = read_table(path, TRIPLETS_SCHEMA).to_pylist()
+    assert row["subject_box"] == [0, 0, 4, 3] and row["object_box"] == [1.5, 2, 6, 8]
+    assert (row["height"], row["width"]) == (20, 30) and row["subject_rle"] == row["object_rle"] == ""

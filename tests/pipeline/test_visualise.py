@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.visualise import (
+    HIT,
     PALETTE,
     plot_per_predicate_recall,
     render_comparison,
@@ -90,3 +91,21 @@ def test_plot_per_predicate_recall(tmp_path):
     plot_per_predicate_recall(rows, 50, tmp_path / "pp.png")
     with Image.open(tmp_path / "pp.png") as im:
         assert im.format == "PNG" and im.size[0] == 700
+
+
+def test_boxes_are_drawn_as_outlines_and_matched_with_the_vg_rule(scene):
+    _, _, labels = scene
+    image = np.random.default_rng(1).integers(0, 256, size=(80, 120, 3), dtype=np.uint8)
+    boxes = np.array([[2, 2, 40, 78], [60, 10, 110, 70]], dtype=np.float64)
+    out = render_scene_graph(image, None, labels, np.zeros((0, 4)), OBJECTS, PREDICATES, min_size=1, boxes=boxes)
+    np.testing.assert_array_equal(out[60, 60], PALETTE[1])  # left edge of box 1 at x = 60
+    np.testing.assert_array_equal(out[60, 85], image[60, 85])  # its inside (below the name) is not tinted
+    with pytest.raises(ValueError, match="boxes"):
+        render_scene_graph(image, None, labels, np.zeros((0, 4)), OBJECTS, PREDICATES, boxes=boxes[:1])
+    gt = {"boxes": boxes, "labels": labels, "relations": np.array([[0, 1, 0]])}
+    hit = {"boxes": boxes, "labels": labels, "triplets": np.array([[0, 1, 0, 0.9]])}
+    miss = {"boxes": boxes[::-1].copy(), "labels": labels, "triplets": np.array([[0, 1, 0, 0.9]])}
+    a = render_comparison(image, gt, hit, OBJECTS, PREDICATES)
+    b = render_comparison(image, gt, miss, OBJECTS, PREDICATES)
+    green = [int((x == HIT).all(-1).sum()) for x in (a, b)]
+    assert green[0] > 0 and green[1] == 0  # the swapped boxes match no GT triplet: no green line

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline.params import ScopedParams, default_params_dict, parse_params
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 TINY_OVERRIDES = {
     "model": {"preset": "tiny-random", "image_size": 64, "hidden_dim": 32, "num_queries": 8},
@@ -86,3 +93,65 @@ def trained_workspace(tiny_trained: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "trained"
     shutil.copytree(tiny_trained, dest)
     return dest
+
+
+def copy_project(root: Path) -> Path:
+    """The project's files (tracked, and untracked but not ignored) copied to ``root``: no outputs, no cache."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True)
+    for rel in filter(None, listed.stdout.split("\0")):
+        src = REPO / rel
+        if src.is_file():  # tracked files deleted in this checkout are skipped
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / rel)
+    return root
+
+
+# the DVC round trips: ~1 min of git/dvc subprocesses together, so `slow` (CI runs slow tests too)
+dvc_test = pytest.mark.skipif(
+    shutil.which("git") is None or not (BIN / "dvc").exists(), reason="needs git and dvc in the test environment"
+)
+
+
+@pytest.fixture(scope="module")
+def tool_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for git/dvc subprocesses: the venv first on PATH (so ``python -m stages.X`` is this
+    interpreter), test credentials, and DVC/git configuration isolated from the user's."""
+    cfg = tmp_path_factory.mktemp("tool_cfg")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DVC_", "GIT_"))}
+    env.update(CREDENTIALS)
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+        AWS_CONFIG_FILE=str(cfg / "aws_config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(cfg / "aws_credentials"),
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(cfg / "dvc_site"),
+        DVC_GLOBAL_CONFIG_DIR=str(cfg / "dvc_global"),
+        DVC_SYSTEM_CONFIG_DIR=str(cfg / "dvc_system"),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_GLOBAL=str(cfg / "gitconfig"),
+        GIT_AUTHOR_NAME="spade-test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="spade-test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def sh(cwd: Path, env: dict, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command; stdout and stderr together in ``.stdout`` (DVC logs to both)."""
+    proc = subprocess.run(
+        list(cmd), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
+    return proc
+
+
+def dvc(cwd: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(cwd, env, str(BIN / "dvc"), *args, check=check)
+
+

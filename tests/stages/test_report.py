@@ -118,3 +118,22 @@ def test_run_report(metrics_parquet, tmp_path, monkeypatch):
     text = run_report(metrics_parquet)
     assert "Ablation (" not in text and "_No ablation table: DVC is not installed._" in text
     assert "No ablation" not in run_report(metrics_parquet, with_experiments=False)
+
+
+def test_vg_protocol_gives_tables_2_and_3(tmp_path):
+    values = {("closed", "R"): 0.2, ("closed", "mR"): 0.1, ("ovr", "R"): 0.05, ("ovd", "R"): 0.03,
+              ("chance_closed", "R"): 0.01, ("chance_closed", "mR"): 0.004, ("chance_ovr", "R"): 0.002}
+    rows = [{"setting": s, "metric": m, "k": k, "value": v + k / 10000, "num_images": 7}
+            for (s, m), v in values.items() for k in (20, 50, 100)]
+    path = tmp_path / "metrics.parquet"
+    columns = {f.name: [r[f.name] for r in rows] for f in METRICS_SCHEMA}
+    write_table(columns, METRICS_SCHEMA.with_metadata({"protocol": "vg"}), path)
+    text = make_report(path, None)
+    assert "(VG protocol)" in text and "Table 1" not in text
+    assert "| Closed | 20.2 | 20.5 | 21.0 | 10.2 | 10.5 | 11.0 | 7 |" in text
+    assert "| Chance (Closed) | 1.2 | 1.5 | 2.0 | 0.6 | 0.9 | 1.4 | 7 |" in text
+    assert "| Recall | R@20 | R@50 | R@100 | images |" in text
+    assert "| Novel relation (OvR) | 5.2 | 5.5 | 6.0 | 7 |" in text
+    assert "| Novel object (OvD) | 3.2 | 3.5 | 4.0 | 7 |" in text
+    write_table(columns, METRICS_SCHEMA, path)  # no protocol key: an older file, PSG tables
+    assert "Table 1" in make_report(path, None)
