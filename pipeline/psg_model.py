@@ -159,6 +159,25 @@ class TrainedPSG:
         return [{k: v.cpu().numpy() for k, v in p.items()} for p in preds]
 
 
+def keep_detections(pred: dict[str, np.ndarray], min_score: float) -> dict[str, np.ndarray]:
+    """A prediction restricted to its detections: objects with score >= ``min_score`` and a non-empty region
+    (mask pixels, or a box of positive area), the triplets between them in their ranked order, subject / object
+    renumbered. For showing a scene graph (``spade predict``); ``evaluate`` scores the model's full output."""
+    if "masks" in pred:
+        visible = pred["masks"].reshape(len(pred["masks"]), -1).any(axis=1)
+    else:
+        boxes = np.asarray(pred["boxes"]).reshape(-1, 4)
+        visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    keep = visible & (np.asarray(pred["scores"]) >= min_score)
+    new_index = np.cumsum(keep) - 1
+    triplets = np.asarray(pred["triplets"]).reshape(-1, 4)
+    s, o = triplets[:, 0].astype(np.int64), triplets[:, 1].astype(np.int64)
+    rows = triplets[keep[s] & keep[o]].copy()
+    rows[:, 0], rows[:, 1] = new_index[rows[:, 0].astype(np.int64)], new_index[rows[:, 1].astype(np.int64)]
+    out = {k: v[keep] for k, v in pred.items() if k != "triplets"}
+    return {**out, "triplets": rows}
+
+
 def load_trained(
     models: LoadedModels,
     inference: InferenceConfig,

@@ -7,6 +7,7 @@ DejaVu Sans (same glyphs on every machine), falling back to PIL's default font.
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -59,6 +60,60 @@ def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def display_names(labels: Sequence[int], object_names: Sequence[str]) -> list[str]:
+    """The name shown for each instance: its class name, with ``#k`` (1-based, in instance order) when the
+    class occurs more than once (``rocket #1 in front of rocket #2``)."""
+    counts = Counter(int(c) for c in labels)
+    seen: Counter = Counter()
+    out = []
+    for c in labels:
+        seen[int(c)] += 1
+        out.append(object_names[int(c)] + (f" #{seen[int(c)]}" if counts[int(c)] > 1 else ""))
+    return out
+
+
+def upscale_factor(image: np.ndarray, min_size: int) -> int:
+    """Integer factor that brings the image's short side to at least ``min_size`` (1 for large images)."""
+    return max(1, -(-min_size // max(1, min(image.shape[:2]))))
+
+
+def font_size(canvas_shape: tuple[int, ...]) -> int:
+    """Text size for a picture: ~1/45 of its short side, at least 11 px (readable on 256 px and 3000 px)."""
+    return max(11, round(min(canvas_shape[:2]) / 45))
+
+
+def mask_outlines(masks: np.ndarray, width: int) -> np.ndarray:
+    """bool ``[N, H, W]``: the boundary band (``width`` px, inside each mask) of every mask."""
+    from scipy.ndimage import binary_erosion
+
+    structure = np.ones((3, 3), dtype=bool)
+    edges = [m & ~binary_erosion(m, structure, iterations=width, border_value=0) for m in masks]
+    return np.stack(edges) if edges else np.zeros_like(masks, dtype=bool)
+
+
+class _LabelPlacer:
+    """Puts each name at its anchor, moved up or down by text lines until it overlaps no earlier name."""
+
+    def __init__(self, font, size: tuple[int, int]):
+        self.font, self.size, self.placed = font, size, []
+
+    def place(self, x: float, y: float, text: str) -> tuple[float, float]:
+        half_w, half_h = self.font.getlength(text) / 2 + 2, self.font.size / 2 + 2
+        width, height = self.size
+
+        def box(yc: float) -> tuple[float, float, float, float]:
+            xc = min(max(x, half_w), max(half_w, width - half_w))
+            yc = min(max(yc, half_h), max(half_h, height - half_h))
+            return xc - half_w, yc - half_h, xc + half_w, yc + half_h
+
+        for k in (0, 1, -1, 2, -2, 3, -3):
+            b = box(y + 2 * k * half_h)
+            if not any(b[0] < q[2] and q[0] < b[2] and b[1] < q[3] and q[1] < b[3] for q in self.placed):
+                break
+        self.placed.append(b)
+        return (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+
+
 def _label_point(mask: np.ndarray) -> tuple[int, int] | None:
     """A pixel of ``mask`` nearest to its centroid (x, y); None for an empty mask."""
     ys, xs = np.nonzero(mask)
@@ -76,12 +131,11 @@ def _box_regions(boxes: np.ndarray, n: int) -> np.ndarray:
     return boxes
 
 
-def _draw_boxes(draw: ImageDraw.ImageDraw, boxes: np.ndarray, scale: int, font, names: list[str]) -> None:
-    """Box outlines in the palette colours, each with its class name at its top-left corner."""
+def _draw_boxes(draw: ImageDraw.ImageDraw, boxes: np.ndarray, scale: int, width: int) -> None:
+    """Box outlines (``width`` px) in the palette colours."""
     for i, (x1, y1, x2, y2) in enumerate(boxes * scale):
         colour = tuple(int(c) for c in PALETTE[i % len(PALETTE)])
-        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=max(2, scale))
-        draw.text((x1 + 3, y1 + 2), names[i], font=font, fill=(255, 255, 255), stroke_width=2, stroke_fill=colour)
+        draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=width)
 
 
 def render_scene_graph(
@@ -94,7 +148,6 @@ def render_scene_graph(
     top_k: int = 5,
     title: str | None = None,
     hits: Sequence[bool] | None = None,
-    alpha: float = 0.45,
     min_size: int = 256,
     boxes: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -107,12 +160,15 @@ def render_scene_graph(
             are listed as ``"1. red ball — left of — blue box (0.83)"``.
         title: first line of the text panel.
         hits: optional per listed triplet flag; flagged lines are drawn green (e.g. matched to GT).
-        alpha: mask opacity. min_size: small images are upscaled (nearest, integer factor) to this short side.
-        boxes: float ``[N, 4]`` xyxy pixels (VG) drawn as outlines in place of masks.
+        min_size: small images are upscaled (nearest, integer factor) to this short side.
+        boxes: float ``[N, 4]`` xyxy pixels (VG) drawn in place of masks.
 
     Returns:
-        uint8 ``[H', W', 3]``: the (upscaled) image with coloured masks and class names at the mask centres,
-        and a white text panel on its right; ``H' >= s*H``, ``W' > s*W`` (``s`` the upscale factor).
+        uint8 ``[H', W', 3]``: the (upscaled) image with each mask's (or box's) outline in its palette colour
+        (outlines, not tints: a tint would repaint objects whose class names are colours), its name (``#k``
+        for a repeated class, :func:`display_names`) near its centre in that colour, names moved apart where
+        they would overlap, and a white text panel on its right; text scales with the picture
+        (:func:`font_size`); ``H' >= s*H``, ``W' > s*W`` (``s`` the upscale factor).
     """
     image, labels, triplets = _numpy(image), _numpy(labels).reshape(-1).astype(np.int64), _numpy(triplets)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -127,35 +183,41 @@ def render_scene_graph(
             f"got masks {masks.shape} and {len(labels)} labels"
         )
     triplets = triplets.reshape(-1, triplets.shape[-1] if triplets.size else 3)[:top_k]
-    scale = max(1, -(-min_size // max(1, min(image.shape[:2]))))
-    blended = image.astype(np.float64)
-    for i, m in enumerate(masks):
-        blended[m] = (1 - alpha) * blended[m] + alpha * PALETTE[i % len(PALETTE)]
-    canvas = np.repeat(np.repeat(np.round(blended).astype(np.uint8), scale, 0), scale, 1)
+    scale = upscale_factor(image, min_size)
+    canvas = np.repeat(np.repeat(image, scale, 0), scale, 1)
+    size = font_size(canvas.shape)
+    line = max(2, size // 6)  # outline width in canvas pixels
+    if len(masks):
+        big = np.repeat(np.repeat(masks, scale, 1), scale, 2)
+        for i, edge in enumerate(mask_outlines(big, line)):
+            canvas[edge] = PALETTE[i % len(PALETTE)]
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
-    font = _font(max(11, min(16, canvas.shape[0] // 20)))
-    for i, m in enumerate(masks):
-        point = _label_point(m)
-        if point is not None:  # at the mask centre, shifted to keep the name inside the picture
-            name = object_names[labels[i]]
-            half_w, half_h = font.getlength(name) / 2 + 2, font.size / 2 + 2
-            x = min(max(point[0] * scale + scale / 2, half_w), max(half_w, canvas.shape[1] - half_w))
-            y = min(max(point[1] * scale + scale / 2, half_h), max(half_h, canvas.shape[0] - half_h))
-            draw.text((x, y), name, font=font, fill=(255, 255, 255), anchor="mm", stroke_width=2, stroke_fill=(0, 0, 0))
+    font = _font(size)
+    names = display_names(labels, object_names)
     if boxes is not None:
-        _draw_boxes(draw, boxes, scale, font, [object_names[c] for c in labels])
+        _draw_boxes(draw, boxes, scale, line)
+        anchors = [((x1 + x2) / 2, (y1 + y2) / 2) for x1, y1, x2, y2 in boxes]
+    else:
+        anchors = [_label_point(m) for m in masks]
+    placer = _LabelPlacer(font, (canvas.shape[1], canvas.shape[0]))
+    for i, point in enumerate(anchors):
+        if point is not None:  # near the region's centre, kept inside the picture and off other names
+            x, y = placer.place(point[0] * scale + scale / 2, point[1] * scale + scale / 2, names[i])
+            colour = tuple(int(c) for c in PALETTE[i % len(PALETTE)])
+            draw.text((x, y), names[i], font=font, fill=(255, 255, 255), anchor="mm", stroke_width=max(2, size // 8),
+                      stroke_fill=colour)
 
     lines: list[tuple[str, tuple[int, int, int]]] = [(title, TEXT)] if title else []
     for r, row in enumerate(triplets):
         s, o, p = (int(v) for v in row[:3])
-        text = f"{r + 1}. {object_names[labels[s]]} — {predicate_names[p]} — {object_names[labels[o]]}"
+        text = f"{r + 1}. {names[s]} — {predicate_names[p]} — {names[o]}"
         if len(row) > 3:
             text += f" ({float(row[3]):.2f})"
         lines.append((text, HIT if hits is not None and hits[r] else TEXT))
     if not triplets.size:
         lines.append(("(no triplets)", TEXT))
-    line_h, pad = int(font.size * 1.5), 8
+    line_h, pad = int(font.size * 1.5), max(8, size // 2)
     panel_w = int(max(font.getlength(t) for t, _ in lines)) + 2 * pad
     height = max(canvas.shape[0], len(lines) * line_h + 2 * pad)
     out = Image.new("RGB", (canvas.shape[1] + panel_w, height), BACKGROUND)
@@ -187,9 +249,9 @@ def render_comparison(
     iou_thr: float = 0.5,
     title: str | None = None,
 ) -> np.ndarray:
-    """Ground truth (``masks`` or ``boxes``, ``labels``, ``relations`` ``[R, 3]``) beside a prediction (the same
-    region kind, ``labels``, ranked ``triplets`` ``[T, 4]``; None = no prediction) in one uint8 ``[H', W', 3]``
-    array.
+    """The image as it is, then the ground truth (``masks`` or ``boxes``, ``labels``, ``relations`` ``[R, 3]``),
+    then a prediction (the same region kind, ``labels``, ranked ``triplets`` ``[T, 4]``; None = no prediction),
+    side by side in one uint8 ``[H', W', 3]`` array.
 
     Predicted lines that match a GT triplet (PSG rule, :func:`spade_core.eval.match_image`; VG rule,
     :func:`spade_core.eval.vg.match_image`, for boxes) are green, and so are the GT lines recalled by the listed
@@ -233,11 +295,13 @@ def render_comparison(
             image, labels=labels, triplets=rows, object_names=object_names, predicate_names=predicate_names,
             top_k=top_k, title=f"{prefix}prediction", hits=pred_hits, **regions(pred_regions),
         )  # fmt: skip
+    scale = upscale_factor(image, 256)
+    photo = np.repeat(np.repeat(_numpy(image), scale, 0), scale, 1)  # the image itself, untouched, first
     gt_panel = render_scene_graph(
         image, labels=gt_labels, triplets=gt_rel, object_names=object_names, predicate_names=predicate_names,
         top_k=top_k, title=f"{prefix}ground truth", hits=gt_hits[:top_k], **regions(gt_regions),
     )  # fmt: skip
-    panels += [gt_panel, pred_panel]
+    panels += [photo, gt_panel, pred_panel]
     return _hstack(panels)
 
 

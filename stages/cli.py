@@ -74,12 +74,16 @@ def predict_command(
     max_triplets: int = typer.Option(100, help="Triplets kept in each JSON scene graph."),
     device: str = typer.Option("cpu", help="cpu | cuda | auto (cuda when available)."),
     dtype: str = typer.Option("float32", help="UNet / VAE / text-encoder dtype: float32 | bfloat16 | float16."),
+    min_score: float | None = typer.Option(None, help="Objects scoring below this are left out, with their "
+                                           "triplets (default: stages.predict.MIN_SCORE, 0.01)."),
 ) -> None:
     """Scene graphs for any images with the trained model (optionally with your own vocabulary)."""
     from stages.predict import predict_files, resolve_runtime
 
     with exit_on(FileNotFoundError, ValueError):
-        written = predict_files(images, out, objects, predicates, top_k, max_triplets, *resolve_runtime(device, dtype))
+        score = {} if min_score is None else {"min_score": min_score}
+        written = predict_files(images, out, objects, predicates, top_k, max_triplets, *resolve_runtime(device, dtype),
+                                **score)
     typer.echo(f"wrote {len(written)} scene graphs to {out}/")
 
 

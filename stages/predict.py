@@ -7,7 +7,9 @@ and ``<out>/<stem>.json`` (the scene graph: objects with class, score and box; t
 
 ``dtype`` (``float32`` | ``bfloat16`` | ``float16``) is that of the UNet, VAE and text encoder, as
 ``model.dtype`` in the stages; the PSG head and CLIP stay float32. The classification sources (paper Table 7)
-are ``evaluate.alpha`` / ``use_diffusion_logits`` / ``use_pooled_logits`` of ``params.yaml``.
+are ``evaluate.alpha`` / ``use_diffusion_logits`` / ``use_pooled_logits`` of ``params.yaml``. Images are shown
+upright (EXIF orientation applied); objects scoring below ``--min-score`` or with an empty region are left out,
+with the triplets that involve them.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from pipeline.images import to_tensor
 from pipeline.io import atomic_write_text
 from pipeline.models import load_models, resolve_device
 from pipeline.params import EvaluateParams, ModelParams, load_params
-from pipeline.psg_model import inference_config, load_trained
+from pipeline.psg_model import inference_config, keep_detections, load_trained
 from pipeline.tables import boxes_from_masks
 from pipeline.visualise import render_scene_graph, save_png
+
+MIN_SCORE = 0.01  # objects below this score (and with an empty region) are not detections: left out
 
 
 def read_vocabulary(path: Path | None, default: list[str], what: str) -> list[str]:
@@ -100,12 +104,13 @@ def predict_files(
     max_triplets: int = 100,
     device: str = "cpu",
     dtype: str = "float32",
+    min_score: float = MIN_SCORE,
 ) -> list[Path]:
     check_outputs(images, out_dir)
     arrays = []
     for path in images:
         try:
-            arrays.append(read_image(path))
+            arrays.append(read_image(path, exif_orientation=True))
         except Exception as err:  # PIL raises several types for unreadable files
             raise ValueError(f"{path}: cannot read image ({err})") from None
     if not Path(paths.CLASSES_JSON).is_file():
@@ -124,6 +129,7 @@ def predict_files(
     for path, image in zip(images, arrays):
         batch = to_tensor(image, size)[None]
         pred = trained.predict(batch, [image.shape[:2]], obj_text, pred_text, max_triplets)[0]
+        pred = keep_detections(pred, min_score)
         graph = scene_graph(pred, object_names, predicate_names)
         stem = out_dir / Path(path).stem
         picture = render_scene_graph(

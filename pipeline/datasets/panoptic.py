@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 MAX_SEGMENT_ID = 256**3 - 1
 PNG_COMPRESS_LEVEL = 6
@@ -55,9 +55,24 @@ def write_panoptic_png(path: str | Path, ids: np.ndarray) -> None:
     write_png(path, id2rgb(ids))
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file (any PIL format, fully decoded) as ``[H, W, 3]`` uint8 RGB."""
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit (and 32-bit integer) greyscale
+
+
+def read_image(path: str | Path, exif_orientation: bool = False) -> np.ndarray:
+    """Read an image file (any PIL format, fully decoded) as ``[H, W, 3]`` uint8 RGB.
+
+    16-bit greyscale is scaled to 8 bits (``v / 257``: 65535 -> 255), not clipped (PIL's ``convert("RGB")``
+    clips every value above 255, which turns a 16-bit image white). ``exif_orientation``: apply the EXIF
+    orientation tag (a photo shown the way its camera meant); off for dataset images, whose annotations refer
+    to the stored pixel grid.
+    """
     with Image.open(path) as im:
+        if exif_orientation:
+            im = ImageOps.exif_transpose(im)
+        if im.mode in HIGH_BIT_MODES:
+            grey = np.asarray(im, dtype=np.float64)
+            grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=-1)
         return np.asarray(im.convert("RGB"))
 
 

@@ -9,6 +9,10 @@ from PIL import Image
 from pipeline.visualise import (
     HIT,
     PALETTE,
+    _font,
+    _LabelPlacer,
+    display_names,
+    font_size,
     plot_per_predicate_recall,
     render_comparison,
     render_scene_graph,
@@ -43,10 +47,23 @@ def test_masks_coloured_and_deterministic(scene):
     a = render_scene_graph(image, masks, labels, trip, OBJECTS, PREDICATES, title="pred", min_size=1)
     b = render_scene_graph(image, masks, labels, trip, OBJECTS, PREDICATES, title="pred", min_size=1)
     np.testing.assert_array_equal(a, b)
-    # a mask pixel far from the label text is blended with the segment's palette colour
-    expected = np.round(0.55 * image[3, 3].astype(float) + 0.45 * PALETTE[0]).astype(np.uint8)
-    np.testing.assert_array_equal(a[3, 3], expected)
+    # mask 0 covers rows 2-37, cols 2-19: its boundary takes the palette colour, its inside keeps the image's
+    np.testing.assert_array_equal(a[32, 2], PALETTE[0])  # left edge, below the names
+    np.testing.assert_array_equal(a[30, 10], image[30, 10])  # no tint: an object keeps its own colour
     np.testing.assert_array_equal(a[39, 30], image[39, 30])  # outside every mask
+
+
+def test_repeated_classes_get_instance_numbers_and_names_do_not_overlap(scene):
+    image, masks, _ = scene
+    assert display_names([0, 1, 0, 2], OBJECTS) == ["red ball #1", "blue box", "red ball #2", "green triangle"]
+    same = np.stack([masks[1], masks[1]])  # two instances at the same place: their names must not collide
+    out = render_scene_graph(image, same, np.array([1, 1]), np.array([[0, 1, 0, 0.5]]), OBJECTS, PREDICATES)
+    assert out.shape[0] >= 256
+    font = _font(font_size((256, 384)))
+    placer = _LabelPlacer(font, (384, 256))
+    a, b = placer.place(100, 100, "blue box #1"), placer.place(100, 100, "blue box #2")
+    assert abs(a[1] - b[1]) >= font.size  # the second name moved a line away
+    assert font_size((3000, 2000)) >= 40 and font_size((40, 60)) == 11  # readable on a large photo
 
 
 def test_upscale_and_top_k(scene):

@@ -53,6 +53,9 @@ def test_predict_with_a_custom_vocabulary(evaluated, tmp_path, monkeypatch):
     assert {o["class"] for o in graph["objects"]} <= {"crimson disc", "azure cube", "meadow"}
     assert all(t["predicate"] in ("next to", "above") for t in graph["triplets"])
     assert len(graph["triplets"]) <= 10
+    assert all(o["score"] >= 0.01 for o in graph["objects"])  # no zero-score query slots
+    n = len(graph["objects"])
+    assert all(t["subject"] < n and t["object"] < n for t in graph["triplets"])
     assert (out / "mine.png").is_file()
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

@@ -57,3 +57,25 @@ def test_non_rgb_panoptic_png_is_rejected(tmp_path):
     Image.new("RGBA", (4, 4)).save(tmp_path / "rgba.png")
     with pytest.raises(ValueError, match="8-bit RGB"):
         read_panoptic_png(tmp_path / "rgba.png")
+
+
+def test_read_image_scales_16_bit_grey_instead_of_clipping(tmp_path):
+    grey = np.array([[0, 257, 32896], [65535, 1000, 40000]], dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # PIL's convert("RGB") would clip this to 0 / 255
+    rgb = read_image(tmp_path / "g16.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    np.testing.assert_array_equal(rgb[..., 0], [[0, 1, 128], [255, 4, 156]])
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+
+
+def test_read_image_applies_exif_orientation_only_when_asked(tmp_path):
+    pixels = np.zeros((2, 4, 3), dtype=np.uint8)
+    pixels[0, 0] = 255  # a marked corner
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(pixels).save(tmp_path / "photo.png", exif=exif)
+    assert read_image(tmp_path / "photo.png").shape == (2, 4, 3)  # dataset images: the stored grid
+    shown = read_image(tmp_path / "photo.png", exif_orientation=True)
+    assert shown.shape == (4, 2, 3) and shown[0, -1, 0] == 255  # top-left corner moved to the top right
