@@ -45,6 +45,7 @@ ABLATIONS_JSON = Path("reports/ablations.json")
 ABLATIONS_MD = Path("reports/ablations.md")
 ABLATION_RUNS = Path("reports/ablations/runs")
 ABLATION_LOGS = Path("artifacts/ablation_logs")
+INSPECTIONS = Path("artifacts/inspections")  # spade inspect-maps pictures (user output, never inside a DVC output)
 
 
 def index_path(split: str) -> Path:

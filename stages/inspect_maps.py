@@ -57,7 +57,8 @@ def inspect_maps(image_id: str, out: Path | None = None, max_triplets: int = 6) 
         for ax in axes[row]:
             ax.axis("off")
     fig.tight_layout()
-    out = Path(out) if out else paths.INVERT / f"maps-{image_id}.png"
+    out = Path(out) if out else paths.INSPECTIONS / f"maps-{image_id}.png"  # never inside a DVC output
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
     return out
