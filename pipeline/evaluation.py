@@ -273,14 +273,17 @@ def chance_baseline(
     )[1]
 
 
+METRIC_DECIMALS = 6  # metrics.json: fractions to 1e-6 (a recall of 1e-4 % resolution), not 16 digits
+
+
 def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, floats rounded to METRIC_DECIMALS."""
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
+        return round(float(value), METRIC_DECIMALS) if math.isfinite(value) else None
     if isinstance(value, np.integer):
         return int(value)
     return value

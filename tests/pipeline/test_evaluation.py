@@ -148,6 +148,7 @@ def test_metrics_json_replaces_nan():
                         "per_predicate": []})
     assert out == {"closed": {"R@20": None, "mR@20": 0.5, "num_images": 0}}
     json.dumps(out, allow_nan=False)
+    assert metrics_json({"closed": {"R@20": 0.06733476973251841}})["closed"]["R@20"] == 0.067335  # not 16 digits
 
 
 def test_random_triplets_distinct_and_valid():
