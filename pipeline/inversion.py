@@ -215,8 +215,15 @@ def process_shards(
     return {"images": done, "seconds": time.perf_counter() - t0, "triplets_kept": kept}
 
 
+def store_bytes(location: str | Path) -> int:
+    """Bytes on disk of a local store folder (every file under it; 0 for a remote URL)."""
+    root = Path(location)
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.is_dir() else 0
+
+
 def unet_calls_per_image(inv) -> int:
-    """UNet evaluations per image of the ``invert`` section ``inv`` (maps + noise)."""
+    """UNet evaluations per image of the ``invert`` section ``inv`` (maps + noise), not counting the
+    reconstruction check (``num_steps`` more calls for each measured image: the first batch of every shard)."""
     calls = {
         ("belm", False): inv.num_steps,
         ("ddim", False): inv.num_steps + 1,
@@ -240,12 +247,20 @@ def inversion_metrics(
     inv = p.invert
     recon = store.group["recon_error"][:]
     measured = recon[~np.isnan(recon)]
+    n = store.geometry.num_images
+    per_image = unet_calls_per_image(inv)
+    on_disk = store_bytes(store.location)
     return {
-        "num_images": store.geometry.num_images,
+        "num_images": n,
         "method": inv.method,
         "num_steps": inv.num_steps,
         "noise": inv.noise,
-        "unet_calls_per_image": unet_calls_per_image(inv),
+        "unet_calls_per_image": per_image,
+        "reconstruction_checked_images": len(measured),
+        "unet_calls_total": n * per_image + len(measured) * inv.num_steps,  # + the reconstruction check
+        "store_bytes_per_image": round(on_disk / n) if n and on_disk else None,
+        "raw_bytes_per_image": {name: int(np.prod(store.group[name].shape[1:])) * store.group[name].dtype.itemsize
+                                for name in ("attn", "latents")},
         "images_per_second_rank0": round(stats["images"] / stats["seconds"], 3) if stats["images"] else None,
         "world_size": world_size,
         "reconstruction_error_mean": float(measured.mean()) if len(measured) else None,

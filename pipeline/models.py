@@ -145,9 +145,29 @@ def read_manifest(models_dir: Path = paths.MODELS) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def check_external_identity(manifest: dict[str, Any]) -> None:
+    """Refuse external weights (``model.preset: sd``) that changed since the ``models`` stage recorded their
+    identity: DVC does not track a folder outside the project, so a weight file replaced in place would
+    otherwise leave every later artifact stale and passing its checks. (Weights inside ``artifacts/models`` are a
+    DVC output: DVC sees those.)"""
+    d, c = manifest["diffusion"], manifest["clip"]
+    current = {}
+    if not d["relative"]:
+        current["model.sd_path"] = (d["path"], d["identity"], model_identity(Path(d["path"])))
+    if not c["relative"]:
+        current["model.clip_checkpoint"] = (c["checkpoint"], c["identity"], file_digest(Path(c["checkpoint"])))
+    changed = {k: v for k, v in current.items() if v[1] != v[2]}
+    if changed:
+        key, (path, recorded, now) = next(iter(changed.items()))
+        raise ValueError(f"{key}={path}: the weights changed since the models stage recorded them (identity "
+                         f"{recorded}, now {now}); rerun it and what depends on it: dvc repro -f models && dvc repro")
+
+
 def load_models(models_dir: Path = paths.MODELS, device: str = "cpu", dtype: str = "float32") -> LoadedModels:
-    """Load the diffusion models and CLIP named by the manifest in ``models_dir``."""
+    """Load the diffusion models and CLIP named by the manifest in ``models_dir`` (external weights are checked
+    against the identities the manifest recorded: :func:`check_external_identity`)."""
     manifest = read_manifest(models_dir)
+    check_external_identity(manifest)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     d, c = manifest["diffusion"], manifest["clip"]
     diff_path = models_dir / d["path"] if d["relative"] else Path(d["path"])

@@ -37,15 +37,14 @@ from spade_core.psg.model import SpadePSG
 
 CURVE_FIELDS = ("step", "epoch", "lr", "loss", "loss_rel", "loss_rqc", "loss_mask")
 LOSS_KEYS = ("loss", "loss_rel", "loss_rqc", "loss_mask")
-FEATURE_BATCH = 16
-
 FeatureFn = Callable[[list[int]], tuple[list[torch.Tensor], torch.Tensor]]
 
 
 def feature_source(frozen: FrozenFeatures, records: list[IndexRecord], size: int, identity: dict, name: str,
-                   ctx: DistContext, cache_dir: Path | None) -> FeatureFn:
-    """``get(indices) -> (feats, dense)``: from the Zarr cache under ``cache_dir`` (built once by rank 0, keyed
-    by ``identity``), or computed on the fly when ``cache_dir`` is None."""
+                   ctx: DistContext, cache_dir: Path | None, batch_size: int) -> FeatureFn:
+    """``get(indices) -> (feats, dense)``: from the Zarr cache under ``cache_dir`` (built once by rank 0 in
+    batches of ``batch_size`` images, ``train.batch_size``; keyed by ``identity``), or computed on the fly when
+    ``cache_dir`` is None."""
     if cache_dir is None:
         return lambda idx: frozen(load_images([records[i] for i in idx], size))
     ident = json_digest(identity)
@@ -55,7 +54,7 @@ def feature_source(frozen: FrozenFeatures, records: list[IndexRecord], size: int
         cache = FeatureCache(location, ident, len(records))
         if not cache.ready:
             n = len(records)
-            batches = [list(range(i, min(i + FEATURE_BATCH, n))) for i in range(0, n, FEATURE_BATCH)]
+            batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
             with tqdm(total=n, desc=f"features[{name}]", unit="img") as bar:
                 cache.build(frozen, batches, lambda idx: load_images([records[i] for i in idx], size), bar)
     barrier(ctx)

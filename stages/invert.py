@@ -19,7 +19,7 @@ from pipeline.params import ScopedParams
 from pipeline.stores import InversionStore
 
 PARAMS = ("data.split", "model.dtype", "model.device", "model.image_size", "invert")
-RUN_DEPENDENT = ("images_per_second_rank0", "world_size")
+RUN_DEPENDENT = ("images_per_second_rank0", "world_size", "store_bytes_per_image")  # not in the store's manifest
 
 
 def run(p: ScopedParams) -> None:
@@ -43,10 +43,15 @@ def finish(
     """Rank 0, every shard written: the store's manifest and ``invert_metrics.json``."""
     metrics = inversion_metrics(store, models, p, stats, ctx.world_size, records)
     # the store is a cached DVC output: keep run-dependent figures (speed, process count) out of it, so two runs
-    # that write the same arrays give the same artifact hash; they live in invert_metrics.json only
+    # that write the same arrays give the same artifact hash (and its own size, which the manifest would change);
+    # they live in invert_metrics.json only
     store.write_manifest({k: v for k, v in metrics.items() if k not in RUN_DEPENDENT})
     atomic_write_json(paths.INVERT_METRICS, metrics, indent=2)
-    print(f"invert: {metrics['num_images']} images -> {paths.INVERT_STORE}")
+    raw = metrics["raw_bytes_per_image"]
+    size = metrics["store_bytes_per_image"]
+    print(f"invert: {metrics['num_images']} images -> {paths.INVERT_STORE}, "
+          f"{'?' if size is None else f'{size / 1024:.1f}'} KiB/image on disk (raw: maps {raw['attn'] / 1024:.1f} "
+          f"KiB, noise latents {raw['latents'] / 1024:.1f} KiB), {metrics['unet_calls_total']} UNet calls")
 
 
 if __name__ == "__main__":

@@ -54,9 +54,9 @@ def run(p: ScopedParams) -> None:
     frozen = frozen_features(models, student, m)
     cache_key = {**identity, "images": [r.image_id for r in records], "size": m.image_size,
                  "backbone": m.backbone, "blocks": m.feature_blocks, "pixel_stride": m.pixel_stride,
-                 "dtype": m.dtype}
+                 "dtype": m.dtype, "feature_batch": t.batch_size}
     get_features = feature_source(frozen, records, m.image_size, cache_key, "train", ctx,
-                                  paths.FEATURE_CACHE if t.cache_features else None)
+                                  paths.FEATURE_CACHE if t.cache_features else None, t.batch_size)
     targets = [training_target(r, split, base) for r in records]
     torch.manual_seed(t.seed)  # here: whatever drew from the RNG before (a feature-cache build) must not matter
     model = build_psg_model(m, t, frozen.channels, models.clip.embed_dim, model_task(records)).to(device)

@@ -40,7 +40,13 @@ def test_invert_writes_complete_store_and_rerun_is_noop(tiny_workspace, monkeypa
     assert len(measured) > 0 and measured.max() < 1e-3
     metrics = (tiny_workspace / "artifacts/invert_metrics.json").read_text()
     assert '"unet_calls_per_image": 4' in metrics
-    loc = json.loads(metrics)["localisation"]  # the random tiny teacher: scored, whatever it scores
+    m = json.loads(metrics)
+    # honest counts: 4 calls per image for the maps and noise, plus 4 for each reconstruction-checked image
+    assert m["unet_calls_total"] == 12 * 4 + len(measured) * 4 and m["reconstruction_checked_images"] == len(measured)
+    on_disk = sum(f.stat().st_size for f in (tiny_workspace / STORE).rglob("*") if f.is_file())
+    assert abs(m["store_bytes_per_image"] * 12 - on_disk) < 12 * 512  # measured, not estimated
+    assert m["raw_bytes_per_image"] == {"attn": data["attn"][0].nbytes, "latents": data["latents"][0].nbytes}
+    loc = m["localisation"]  # the random tiny teacher: scored, whatever it scores
     assert set(loc) == {"entity", "entity-instance", "predicate"} and loc["entity"]["n"] > 0
     assert 0 <= loc["entity"]["pointing"] <= 1 and 0 < loc["entity"]["chance"] < 1
 

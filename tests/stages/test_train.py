@@ -104,3 +104,18 @@ def test_vlm_only_baseline_trains_on_clip_features_without_the_unet(trained_work
     run_stage_in(ws, "evaluate", raw, monkeypatch)
     metrics = json.loads((ws / "artifacts/metrics.json").read_text())
     assert 0.0 <= metrics["closed"]["R@50"] <= 1.0
+
+
+def test_feature_cache_is_built_in_batches_of_train_batch_size(trained_workspace, monkeypatch):
+    shutil.rmtree(trained_workspace / "artifacts/feature_cache")
+    shutil.rmtree(trained_workspace / "artifacts/train_checkpoints")
+    seen: list[int] = []
+    build = features_module.FeatureCache.build
+
+    def spy(self, frozen, batches, load, bar):
+        seen.extend(len(b) for b in batches)
+        return build(self, frozen, batches, load, bar)
+
+    monkeypatch.setattr(features_module.FeatureCache, "build", spy)
+    run_stage_in(trained_workspace, "train", tiny_params_dict(train={"epochs": 1, "batch_size": 5}), monkeypatch)
+    assert seen == [5, 5, 2]  # 12 images, train.batch_size 5 (not a fixed 16)
