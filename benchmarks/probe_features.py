@@ -1,8 +1,9 @@
-"""How much the trained PSG model relies on its backbone features: the test split evaluated with them intact,
-zeroed, shuffled across the images of a batch, or replaced by noise of their own per-channel statistics; with
-the share of ground-truth segments the model finds (a predicted mask of IoU >= 0.5, any class / the right class),
-to tell segmentation from relation errors, and the relation queries eq. 13 selects (per image, and the share of
-GT relations whose two segments some query pairs: the recall the pair selection leaves possible).
+"""How much the trained model (PSG masks or VG boxes) relies on its backbone features: the test split evaluated
+with them intact, zeroed, shuffled across the images of a batch, or replaced by noise of their own per-channel
+statistics; with the share of ground-truth segments (VG: boxes) the model finds (a predicted region of IoU >= 0.5,
+any class / the right class), to tell segmentation from relation errors, and the relation queries eq. 13 selects
+(per image, and the share of GT relations whose two segments some query pairs: the recall the pair selection
+leaves possible).
 
 Run in a workspace where ``train`` has run (``dvc repro`` or an experiment's temp folder):
 
@@ -33,6 +34,7 @@ from pipeline.models import load_models
 from pipeline.params import load_params
 from pipeline.psg_data import ground_truth
 from pipeline.psg_model import inference_config, load_trained
+from spade_core.eval.vg import box_iou_plus1
 from spade_core.psg.postprocess import class_scores
 
 Perturb = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -61,19 +63,27 @@ def queried_pairs(out: dict, b: int, keep: torch.Tensor) -> np.ndarray:
     return segment[pairs].cpu().numpy().reshape(-1, 2)
 
 
+def region_iou(gt: dict, pred: dict) -> torch.Tensor:
+    """IoU ``[S, N]`` of the GT regions with the predicted ones: masks (PSG), or boxes with the evaluator's
+    +1-pixel convention (VG)."""
+    if "boxes" in gt and "masks" not in gt:
+        return torch.as_tensor(box_iou_plus1(gt["boxes"], pred["boxes"]))
+    g = torch.as_tensor(gt["masks"]).flatten(1).float()
+    q = torch.as_tensor(pred["masks"]).flatten(1).float()
+    inter = g @ q.T
+    return inter / (g.sum(1, keepdim=True) + q.sum(1)[None] - inter).clamp(min=1)
+
+
 def match_stats(gts: list[dict], preds: list[dict], iou_thr: float = 0.5) -> dict[str, float]:
-    """Segmentation and pair selection against the GT, in %: GT segments covered by a predicted mask with IoU
-    >= ``iou_thr`` (any class / the GT's class); relation queries per image; GT relations whose subject and
-    object are both covered by the two segments of some relation query, per image and averaged over the images
-    as R@K is (the recall eq. 13 leaves possible, whatever the predicate)."""
+    """Segmentation (or box detection) and pair selection against the GT, in %: GT segments covered by a
+    predicted mask (box) with IoU >= ``iou_thr`` (any class / the GT's class); relation queries per image; GT
+    relations whose subject and object are both covered by the two segments of some relation query, per image and
+    averaged over the images as R@K is (the recall eq. 13 leaves possible, whatever the predicate)."""
     seg_any = seg_label = segs = rel_hit = rels = num_pairs = 0
     for gt, pred in zip(gts, preds):
-        g = torch.as_tensor(gt["masks"]).flatten(1).float()
-        q = torch.as_tensor(pred["masks"]).flatten(1).float()
-        inter = g @ q.T
-        good = inter / (g.sum(1, keepdim=True) + q.sum(1)[None] - inter).clamp(min=1) >= iou_thr  # [S, N]
+        good = region_iou(gt, pred) >= iou_thr  # [S, N]
         same = torch.as_tensor(gt["labels"])[:, None] == torch.as_tensor(pred["labels"])[None]
-        segs, num_pairs = segs + g.shape[0], num_pairs + len(pred["pairs"])
+        segs, num_pairs = segs + good.shape[0], num_pairs + len(pred["pairs"])
         seg_any += int(good.any(1).sum())
         seg_label += int((good & same).any(1).sum())
         if len(gt["relations"]):  # per image, then averaged over the images (as R@K)
