@@ -46,3 +46,16 @@ def test_match_stats_counts_segments_pairs_and_possible_relations():
     assert stats["GT relations queried"] == 50.0  # (0, 1) is queried; (1, 2) is not: GT 2 has no segment
     reversed_pairs = {**pred, "pairs": np.array([[1, 0]])}  # pairs are ordered: (1, 0) does not cover (0, 1)
     assert probe.match_stats([gt], [reversed_pairs])["GT relations queried"] == 0.0
+
+
+def test_match_stats_on_boxes_uses_the_vg_iou():
+    probe = _probe_module()
+    gt = {"boxes": np.array([[0, 0, 9, 9], [20, 20, 29, 29]], float), "labels": np.array([1, 2]),
+          "relations": np.array([[0, 1, 0]])}
+    near = {"boxes": np.array([[0, 0, 9, 8], [20, 20, 29, 29]], float), "labels": np.array([1, 3]),
+            "pairs": np.array([[0, 1]])}
+    stats = probe.match_stats([gt], [near])
+    assert stats["segments found"] == 100.0 and stats["... with their class"] == 50.0
+    assert stats["GT relations queried"] == 100.0
+    off = {**near, "boxes": np.array([[5, 5, 14, 14], [20, 20, 29, 29]], float)}  # +1-px IoU 25/175
+    assert probe.match_stats([gt], [off])["segments found"] == 50.0
