@@ -26,7 +26,7 @@ from pipeline import paths
 from pipeline.datasets.classes import ClassLists
 from pipeline.datasets.index import IndexRecord, read_index
 from pipeline.dist import DistContext, barrier
-from pipeline.hashing import update_with_file
+from pipeline.hashing import json_digest, update_with_file
 from pipeline.images import load_images, vae_range
 from pipeline.map_localisation import stored_map_localisation
 from pipeline.models import LoadedModels
@@ -93,9 +93,18 @@ def geometry_for(models: LoadedModels, num_images: int, p: ScopedParams) -> Stor
     )
 
 
-def store_settings(models: LoadedModels, p: ScopedParams) -> dict:
+def prompts_digest(records: list[IndexRecord], classes: ClassLists) -> str:
+    """Digest of what the prompts are built from: each image's triplets by name. Part of the store's settings, so
+    a store of the same images with other relations (the dataset prepared again with other filters) is never
+    resumed as if it were complete."""
+    return json_digest([(r.image_id, relation_triplets(r, classes)) for r in records])
+
+
+def store_settings(models: LoadedModels, p: ScopedParams, prompts: str) -> dict:
+    """The settings a store is keyed by (``prompts``: :func:`prompts_digest` of its records)."""
     inv = p.invert
     return {
+        "prompts": prompts,
         "method": inv.method,
         "num_steps": inv.num_steps,
         "noise": inv.noise,
@@ -109,11 +118,13 @@ def store_settings(models: LoadedModels, p: ScopedParams) -> dict:
     }
 
 
-def open_store(models: LoadedModels, records: list[IndexRecord], p: ScopedParams, ctx: DistContext) -> InversionStore:
+def open_store(models: LoadedModels, records: list[IndexRecord], classes: ClassLists, p: ScopedParams,
+               ctx: DistContext) -> InversionStore:
     """Create (rank 0) or reopen ``artifacts/invert/teacher.zarr`` for ``records`` under the current settings,
     on every rank (all ranks wait for rank 0)."""
     ids = [r.image_id for r in records]
-    geometry, settings = geometry_for(models, len(records), p), store_settings(models, p)
+    settings = store_settings(models, p, prompts_digest(records, classes))
+    geometry = geometry_for(models, len(records), p)
     paths.INVERT.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
         InversionStore.create_or_open(

@@ -28,7 +28,7 @@ def run(p: ScopedParams) -> None:
     ctx = init_distributed(device)
     models = load_models(paths.MODELS, device=str(device), dtype=p.model.dtype)
     records, classes = calibration_records(), read_classes(paths.CLASSES_JSON)
-    store = open_store(models, records, p, ctx)
+    store = open_store(models, records, classes, p, ctx)
     todo = [s for s in store.shards_for_rank(ctx.rank, ctx.world_size) if not store.is_complete(s)]
     stats = process_shards(store, todo, records, classes, models, p, ctx)
     barrier(ctx)

@@ -125,3 +125,27 @@ def test_two_processes_write_the_same_store(tiny_workspace, tiny_base, tmp_path)
     got, want = _arrays(tiny_workspace), _arrays(single)
     for name in ["latents", "attn", "tokens", "roles", "triplet_index", "lengths", "image_ids"]:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_same_images_with_other_relations_are_inverted_again(tiny_workspace, monkeypatch):
+    # prepare run again with other filters keeps the image ids but changes their triplets (hence the prompts):
+    # a finished store of the old prompts must be replaced, not resumed as complete
+    from dataclasses import replace
+
+    from pipeline.datasets.index import index_metadata, read_index, write_index
+
+    raw = tiny_params_dict()
+    run_stage_in(tiny_workspace, "invert", raw, monkeypatch)
+    before = InversionStore.open(tiny_workspace / STORE)
+    index = tiny_workspace / "data/prepared/index/train.parquet"
+    records, meta = read_index(index), index_metadata(index)
+    first = next(i for i, r in enumerate(records) if r.usable_for_calibration and len(r.relations) > 1)
+    records[first] = replace(records[first], relations=records[first].relations[:1])
+    write_index(index, records, meta.pop("image_root"), {k: v for k, v in meta.items() if k != "index_version"})
+    writes = []
+    real_write = InversionStore.write_shard
+    monkeypatch.setattr(InversionStore, "write_shard", lambda self, s, a: (writes.append(s), real_write(self, s, a)))
+    run_stage_in(tiny_workspace, "invert", raw, monkeypatch)
+    after = InversionStore.open(tiny_workspace / STORE)
+    assert sorted(writes) == [0, 1, 2] and after.image_ids == before.image_ids
+    assert after.settings["prompts"] != before.settings["prompts"]
