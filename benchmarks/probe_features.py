@@ -32,7 +32,7 @@ from pipeline.evaluation import compute_metrics, load_spatial_predicates
 from pipeline.images import load_images
 from pipeline.models import load_models
 from pipeline.params import load_params
-from pipeline.psg_data import ground_truth
+from pipeline.psg_data import ground_truth, is_box_ground_truth
 from pipeline.psg_model import inference_config, load_trained
 from spade_core.eval.vg import box_iou_plus1
 from spade_core.psg.postprocess import class_scores
@@ -66,7 +66,7 @@ def queried_pairs(out: dict, b: int, keep: torch.Tensor) -> np.ndarray:
 def region_iou(gt: dict, pred: dict) -> torch.Tensor:
     """IoU ``[S, N]`` of the GT regions with the predicted ones: masks (PSG), or boxes with the evaluator's
     +1-pixel convention (VG)."""
-    if "boxes" in gt and "masks" not in gt:
+    if is_box_ground_truth(gt):
         return torch.as_tensor(box_iou_plus1(gt["boxes"], pred["boxes"]))
     g = torch.as_tensor(gt["masks"]).flatten(1).float()
     q = torch.as_tensor(pred["masks"]).flatten(1).float()

@@ -37,6 +37,7 @@ import numpy as np
 
 from pipeline.datasets.classes import DATA_SOURCES, read_data_file, vocabulary_source
 from pipeline.io import atomic_write_json, atomic_write_text
+from pipeline.psg_data import is_box_ground_truth
 from pipeline.tables import METRICS_SCHEMA, write_table
 from pipeline.visualise import plot_per_predicate_recall
 from spade_core.eval import boxes_from_masks, evaluate, novel_triplet_mask, restrict_gt, spatial_split, vg
@@ -83,9 +84,10 @@ def _setting_summary(result: dict[str, Any], ks: Sequence[int]) -> dict[str, Any
     return out
 
 
-def is_box_ground_truth(gt_images: Sequence[dict]) -> bool:
-    """True for VG-style GT (``boxes``, no ``masks``); raises ValueError for a mixture."""
-    kinds = {"boxes" in gt and "masks" not in gt for gt in gt_images}
+def is_box_dataset(gt_images: Sequence[dict]) -> bool:
+    """True for VG-style GT (:func:`pipeline.psg_data.is_box_ground_truth` of every image); raises ValueError for
+    a mixture."""
+    kinds = {is_box_ground_truth(gt) for gt in gt_images}
     if len(kinds) > 1:
         raise ValueError("gt_images mixes box and mask ground truth")
     return kinds == {True}
@@ -165,7 +167,7 @@ def compute_metrics(
     if image_widths is not None and len(image_widths) != len(gt_images):
         raise ValueError(f"image_widths has {len(image_widths)} entries but gt_images has {len(gt_images)}")
     ks = [int(k) for k in ks]
-    boxes = is_box_ground_truth(gt_images)
+    boxes = is_box_dataset(gt_images)
     relations = [_relations(gt) for gt in gt_images]
     if boxes:
         results = _box_results(gt_images, pred_images, num_predicates, novel_predicates, novel_objects, ks, iou_thr)

@@ -82,6 +82,7 @@ class RelationParams(_Section):
     eta: float = Field(0.65, ge=-1.0, le=1.0)
     max_pairs: int = Field(32, ge=1, le=4096)
     min_pairs: int = Field(8, ge=0, le=4096)
+    duplicate_iou: float | None = Field(0.7, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _min_le_max(self) -> RelationParams:
@@ -207,8 +208,9 @@ class TrainParams(_Section):
     lr_drop_at: float = Field(0.75, gt=0, le=1.0)
     grad_clip: float = Field(1.0, gt=0)
     loss_weights: LossWeights = LossWeights()
-    no_object_weight: float = Field(0.1, gt=0, le=1.0)
+    no_object_weight: float = Field(0.5, gt=0, le=1.0)
     use_rqc: bool = True
+    rqc_pairs: Literal["matched", "detected"] = "detected"
     cache_features: bool = True
     seed: int = Field(0, ge=0)
 

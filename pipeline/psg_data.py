@@ -97,3 +97,8 @@ def ground_truth(record: IndexRecord) -> dict[str, np.ndarray]:
     else:
         gt["masks"] = record.load_panoptic()
     return gt
+
+
+def is_box_ground_truth(gt: dict) -> bool:
+    """Whether a GT dict (:func:`ground_truth`) is Visual Genome's kind: ``boxes`` and no ``masks``."""
+    return "boxes" in gt and "masks" not in gt

@@ -33,6 +33,7 @@ from spade_core.psg.config import (
     SpadePSGConfig,
 )
 from spade_core.psg.model import SpadePSG
+from spade_core.psg.postprocess import restrict_triplets
 
 
 def psg_config(
@@ -59,9 +60,11 @@ def psg_config(
             eta=model.relation.eta,
             max_pairs=model.relation.max_pairs,
             min_pairs=model.relation.min_pairs,
+            duplicate_iou=model.relation.duplicate_iou,
         ),
         criterion=CriterionConfig(
             use_rqc=train.use_rqc,
+            rqc_pairs=train.rqc_pairs,
             no_object_weight=train.no_object_weight,
             loss_weights=PSGLossWeights(
                 rel=train.loss_weights.rel, rqc=train.loss_weights.rqc, mask=train.loss_weights.mask
@@ -169,11 +172,8 @@ def keep_detections(pred: dict[str, np.ndarray], min_score: float) -> dict[str, 
         boxes = np.asarray(pred["boxes"]).reshape(-1, 4)
         visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     keep = visible & (np.asarray(pred["scores"]) >= min_score)
-    new_index = np.cumsum(keep) - 1
-    triplets = np.asarray(pred["triplets"]).reshape(-1, 4)
-    s, o = triplets[:, 0].astype(np.int64), triplets[:, 1].astype(np.int64)
-    rows = triplets[keep[s] & keep[o]].copy()
-    rows[:, 0], rows[:, 1] = new_index[rows[:, 0].astype(np.int64)], new_index[rows[:, 1].astype(np.int64)]
+    triplets = torch.from_numpy(np.asarray(pred["triplets"]).reshape(-1, 4))
+    rows = restrict_triplets(triplets, torch.from_numpy(keep)).numpy()
     out = {k: v[keep] for k, v in pred.items() if k != "triplets"}
     return {**out, "triplets": rows}
 

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.io import atomic_write_bytes
+from pipeline.psg_data import is_box_ground_truth
 
 PALETTE = np.array(
     [
@@ -259,7 +260,7 @@ def render_comparison(
     """
     from spade_core.eval import match_image, vg
 
-    kind = "boxes" if "boxes" in gt and "masks" not in gt else "masks"
+    kind = "boxes" if is_box_ground_truth(gt) else "masks"
     match = vg.match_image if kind == "boxes" else match_image
     gt_rel = _numpy(gt["relations"]).reshape(-1, 3).astype(np.int64)
     gt_rel = gt_rel[np.sort(np.unique(gt_rel, axis=0, return_index=True)[1])] if len(gt_rel) else gt_rel

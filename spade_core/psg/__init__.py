@@ -27,7 +27,13 @@ from spade_core.psg.mask_losses import (
 )
 from spade_core.psg.matcher import HungarianMatcher
 from spade_core.psg.model import SpadePSG, detected_queries
-from spade_core.psg.postprocess import all_predicate_triplets, class_scores, postprocess, rank_triplets
+from spade_core.psg.postprocess import (
+    all_predicate_triplets,
+    class_scores,
+    postprocess,
+    rank_triplets,
+    restrict_triplets,
+)
 from spade_core.psg.relation_losses import (
     matched_gt_from_indices,
     pair_targets,
@@ -40,6 +46,7 @@ from spade_core.psg.relations import (
     RelationQueryBuilder,
     pair_union_masks,
     select_relation_pairs,
+    suppress_duplicate_queries,
 )
 from spade_core.psg.rgt import RelationGraphBlock, RelationGraphTransformer
 
@@ -87,9 +94,11 @@ __all__ = [
     "relation_loss",
     "relation_query_loss",
     "resize_target_masks",
+    "restrict_triplets",
     "select_relation_pairs",
     "sigmoid_bce_loss",
     "spatial_semantic_graph",
+    "suppress_duplicate_queries",
     "unet_blocks",
     "union_box_masks",
 ]

@@ -78,6 +78,20 @@ def box_spatial_semantic_graph(
     return combine_spatial_semantic(box_adjacency(xyxy, dilation), query_feats, semantic_threshold, valid)
 
 
+def pairwise_box_iou(boxes_xyxy: Tensor) -> Tensor:
+    """IoU of every pair of boxes of an image: ``[B, N, 4]`` ``(x1, y1, x2, y2)`` (any unit) -> ``[B, N, N]``
+    (0 where the union is empty)."""
+    if boxes_xyxy.dim() != 3 or boxes_xyxy.shape[-1] != 4:
+        raise ValueError(f"boxes_xyxy must be [B,N,4], got shape {tuple(boxes_xyxy.shape)}")
+    b = boxes_xyxy.float()
+    area = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)  # [B,N]
+    lo = torch.maximum(b[:, :, None, :2], b[:, None, :, :2])
+    hi = torch.minimum(b[:, :, None, 2:], b[:, None, :, 2:])
+    inter = (hi - lo).clamp(min=0).prod(dim=-1)
+    union = area[:, :, None] + area[:, None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
 def _axis_cover(lo: Tensor, hi: Tensor, n: int, soft: bool) -> Tensor:
     """Per-pixel coverage ``[..., n]`` of the intervals ``[lo, hi)`` (pixel units) on an axis of n pixels."""
     j = torch.arange(n, device=lo.device, dtype=lo.dtype)
@@ -128,4 +142,11 @@ def union_box_masks(boxes_xyxy: Tensor, pairs: Tensor, size: tuple[int, int], so
     return box_masks(pair_union_boxes(boxes_xyxy, pairs), size, soft)
 
 
-__all__ = ["box_adjacency", "box_masks", "box_spatial_semantic_graph", "pair_union_boxes", "union_box_masks"]
+__all__ = [
+    "box_adjacency",
+    "box_masks",
+    "box_spatial_semantic_graph",
+    "pair_union_boxes",
+    "pairwise_box_iou",
+    "union_box_masks",
+]

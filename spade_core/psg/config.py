@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 _T = TypeVar("_T")
 
 TASKS = ("masks", "boxes")
+RQC_PAIRS = ("matched", "detected")
 
 
 def _from_mapping(cls: type[_T], raw: Any, where: str, **converted: Any) -> _T:
@@ -95,6 +96,8 @@ class ArchitectureConfig(_Section):
         object_threshold, min_relation_objects: queries with objectness `1 - p(no object)` above the threshold
             (and at least the `min_relation_objects` most object-like ones) form the graph and the pairs;
             the others (predicted "no object", with near-identical features) would crowd out the real pairs.
+        duplicate_iou: queries whose region (box or mask) has an IoU above this with a more object-like valid
+            query are dropped from the graph and the pairs (`suppress_duplicate_queries`); None: none dropped.
         task: what an instance is: "masks" (PSG: Mask2Former mask prediction, masked cross-attention) or
             "boxes" (Visual Genome: DETR box prediction by a `BoxHead`, unmasked cross-attention).
     """
@@ -114,6 +117,7 @@ class ArchitectureConfig(_Section):
     eta: float
     max_pairs: int
     min_pairs: int
+    duplicate_iou: float | None = None
     # design constants (not in params.yaml)
     num_levels: int = 4
     relation_layers: int = 3
@@ -131,9 +135,11 @@ class ArchitectureConfig(_Section):
             raise ValueError("feature_channels must name at least one feature map")
         if not 0 <= self.min_pairs <= self.max_pairs:
             raise ValueError(f"min_pairs must be in [0, max_pairs={self.max_pairs}], got {self.min_pairs}")
+        if self.duplicate_iou is not None and not 0.0 < self.duplicate_iou <= 1.0:
+            raise ValueError(f"duplicate_iou must be in (0, 1] or None, got {self.duplicate_iou}")
 
     SECTION: ClassVar[str] = "architecture"
-    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"task"})
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"task", "duplicate_iou"})
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "feature_channels": list(self.feature_channels)}
@@ -145,6 +151,10 @@ class CriterionConfig(_Section):
 
     Args:
         use_rqc: include L_rqc in the loss.
+        rqc_pairs: the query pairs L_rqc is taken over: "matched" (both queries matched to GT instances) or
+            "detected" (also every pair of queries taking part in pair selection, `SpadePSG` output
+            `query_valid`; a pair with an unmatched query has target 0, so spurious detections learn to stay out
+            of eq. 13).
         no_object_weight: CE weight of the "no object" class.
         loss_weights: `PSGLossWeights`.
         no_relation_weight: CE weight of the "no relation" class.
@@ -163,13 +173,16 @@ class CriterionConfig(_Section):
     deep_supervision: bool = True
     cost_bbox: float = 5.0
     cost_giou: float = 2.0
+    rqc_pairs: str = "matched"
 
     def __post_init__(self) -> None:
+        if self.rqc_pairs not in RQC_PAIRS:
+            raise ValueError(f"rqc_pairs must be one of {list(RQC_PAIRS)}, got {self.rqc_pairs!r}")
         if not isinstance(self.loss_weights, PSGLossWeights):
             raise TypeError(f"loss_weights must be a PSGLossWeights, got {type(self.loss_weights).__name__}")
 
     SECTION: ClassVar[str] = "criterion"
-    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"cost_bbox", "cost_giou"})
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"cost_bbox", "cost_giou", "rqc_pairs"})
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CriterionConfig:

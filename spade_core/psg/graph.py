@@ -66,6 +66,19 @@ def spatial_semantic_graph(
 
 
 @torch.no_grad()
+def pairwise_mask_iou(masks: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair of masks of an image: `[B, N, H, W]` bool, or float (foreground where > 0.5) ->
+    `[B, N, N]` float (0 where both masks are empty)."""
+    if masks.dim() != 4:
+        raise ValueError(f"masks must be [B,N,H,W], got shape {tuple(masks.shape)}")
+    m = (masks if masks.dtype == torch.bool else masks > 0.5).to(torch.float32).flatten(2)  # [B,N,HW]
+    inter = torch.bmm(m, m.transpose(1, 2))
+    area = m.sum(-1)
+    union = area[:, :, None] + area[:, None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+@torch.no_grad()
 def combine_spatial_semantic(
     spatial: torch.Tensor,
     query_feats: torch.Tensor,

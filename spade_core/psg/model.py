@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_convert
 
-from spade_core.psg.box_graph import box_masks, box_spatial_semantic_graph, union_box_masks
+from spade_core.psg.box_graph import box_masks, box_spatial_semantic_graph, pairwise_box_iou, union_box_masks
 from spade_core.psg.box_head import BoxHead
 from spade_core.psg.box_losses import box_losses
 from spade_core.psg.box_matcher import BoxHungarianMatcher
 from spade_core.psg.classifier import OpenVocabClassifier, mask_pool, pooled_logits
 from spade_core.psg.config import PSGLossWeights, SpadePSGConfig
 from spade_core.psg.features import FeaturePyramid
-from spade_core.psg.graph import spatial_semantic_graph
+from spade_core.psg.graph import pairwise_mask_iou, spatial_semantic_graph
 from spade_core.psg.instance_decoder import InstanceDecoder
 from spade_core.psg.mask_losses import classification_loss, mask_losses, resize_target_masks
 from spade_core.psg.matcher import HungarianMatcher
@@ -46,7 +46,13 @@ from spade_core.psg.relation_losses import (
     relation_loss,
     relation_query_loss,
 )
-from spade_core.psg.relations import RelationDecoder, RelationQueryBuilder, pair_union_masks, select_relation_pairs
+from spade_core.psg.relations import (
+    RelationDecoder,
+    RelationQueryBuilder,
+    pair_union_masks,
+    select_relation_pairs,
+    suppress_duplicate_queries,
+)
 from spade_core.psg.rgt import RelationGraphTransformer
 
 
@@ -112,7 +118,8 @@ class SpadePSG(nn.Module):
             `(cx, cy, w, h)` (box task; None for masks), `query_feats [B,Q,D]`, `class_logits [B,Q,C_obj+1]`,
             `aux` list of `(class_logits, mask_logits)` of the earlier decoder outputs (empty without deep
             supervision), `aux_boxes` list of their `[B,Q,4]` boxes (box task; else empty), `query_valid [B,Q]`
-            bool (see `detected_queries`), `graph [B,Q,Q]`, `rgt_feats [B,Q,D]`, `S [B,Q,Q]`, `pairs [B,P,2]`,
+            bool (`detected_queries` less the duplicates of `suppress_duplicate_queries`), `graph [B,Q,Q]`,
+            `rgt_feats [B,Q,D]`, `S [B,Q,Q]`, `pairs [B,P,2]`,
             `pair_valid [B,P]`, `rel_feats [B,P,D]`, `rel_logits [B,P,C_pred+1]`,
             `pooled_obj_logits [B,Q,C_obj] | None`, `pooled_rel_logits [B,P,C_pred] | None` (pooled inside the
             soft masks and their pair unions, or inside the boxes and the union boxes).
@@ -129,6 +136,10 @@ class SpadePSG(nn.Module):
         soft_masks = inst.mask_logits.detach().sigmoid()
         objectness = 1 - class_logits.detach().softmax(-1)[..., -1]
         valid = detected_queries(objectness, a.object_threshold, a.min_relation_objects)
+        if a.duplicate_iou is not None:
+            iou = pairwise_mask_iou(soft_masks) if boxes is None else pairwise_box_iou(
+                box_convert(boxes.detach().float(), "cxcywh", "xyxy"))
+            valid = suppress_duplicate_queries(iou, objectness, valid, a.duplicate_iou)
         if graph is None:
             graph = self._graph(soft_masks, boxes, inst.query_feats.detach(), valid)
         nodes = self.rgt(inst.query_feats, graph, valid)
@@ -265,6 +276,10 @@ class SpadePSG(nn.Module):
         S = outputs["S"]
         if crit.use_rqc:
             psi, valid = relation_indicator(matched_gt, relations, num_queries, symmetric=True)
+            if crit.rqc_pairs == "detected":  # psi is 0 wherever a query is unmatched
+                detected = outputs["query_valid"].to(device)
+                valid = valid | (detected[:, :, None] & detected[:, None, :] & ~torch.eye(
+                    num_queries, dtype=torch.bool, device=device))
             loss_rqc = relation_query_loss(S, psi, valid)
         else:
             loss_rqc = S.sum() * 0.0

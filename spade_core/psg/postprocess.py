@@ -83,9 +83,21 @@ def rank_triplets(
         ranked = graph_constraint_triplets(obj_scores.float(), pred_scores.float(), pairs, ok, max_triplets)
     else:
         ranked = all_predicate_triplets(obj_scores, pairs, ok, pred_scores, max_triplets)
+    return restrict_triplets(ranked, keep)
+
+
+def restrict_triplets(triplets: Tensor, keep: Tensor) -> Tensor:
+    """The triplets `[T, 4]` (or `[T, 3]`) whose subject and object are both among the kept instances
+    `keep [Q]` (bool), in their order, with subject / object renumbered to the kept instances (the i-th kept
+    instance becomes i)."""
+    keep = keep.bool()
     new_index = torch.cumsum(keep.long(), 0) - 1
-    ranked[:, :2] = new_index[ranked[:, :2].long()].float()
-    return ranked
+    s, o = triplets[:, 0].long(), triplets[:, 1].long()
+    both = keep[s] & keep[o]
+    rows = triplets[both].clone()
+    rows[:, 0] = new_index[s[both]].to(rows.dtype)
+    rows[:, 1] = new_index[o[both]].to(rows.dtype)
+    return rows
 
 
 def kept_instances(outputs: dict, b: int, keep: Tensor, size: tuple[int, int]) -> dict[str, Tensor]:

@@ -66,6 +66,38 @@ def select_relation_pairs(
     return pairs, pair_valid
 
 
+@torch.no_grad()
+def suppress_duplicate_queries(iou: torch.Tensor, objectness: torch.Tensor, valid: torch.Tensor,
+                               threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression over the valid queries before pair selection (eq. 13).
+
+    A query-based detector can give one object to several queries (the matcher trains only one of them, the
+    others keep near-identical features); their pairs would take relation-query slots from real pairs. Queries
+    are visited by objectness (descending, ties by index); a valid query is dropped when its IoU with an
+    already kept valid query exceeds `threshold`.
+
+    Args:
+        iou: `[B, Q, Q]` pairwise IoU of the query regions (boxes or masks), symmetric.
+        objectness: `[B, Q]` the visiting order (higher first).
+        valid: `[B, Q]` bool, the queries taking part.
+        threshold: IoU above which a query duplicates a kept one (1.0 or more: nothing is dropped).
+    Returns:
+        `[B, Q]` bool, `valid` without the duplicates.
+    """
+    if iou.dim() != 3 or iou.shape[1] != iou.shape[2] or iou.shape[:2] != objectness.shape:
+        raise ValueError(f"iou must be [B,Q,Q] and objectness [B,Q], got {tuple(iou.shape)} and "
+                         f"{tuple(objectness.shape)}")
+    keep = valid.clone().bool()
+    order = objectness.argsort(dim=1, descending=True, stable=True)
+    rows = torch.arange(iou.shape[0], device=iou.device)
+    kept = torch.zeros_like(keep)
+    for i in order.unbind(1):  # Q steps, each over the batch
+        duplicate = ((iou[rows, i] > threshold) & kept).any(dim=1)
+        keep[rows, i] &= ~duplicate
+        kept[rows, i] = keep[rows, i]
+    return keep
+
+
 def gather_pairs(x: torch.Tensor, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Subject and object rows of `x [B, Q, ...]` for `pairs [B, P, 2]`: two tensors `[B, P, ...]`."""
     b = torch.arange(x.shape[0], device=x.device)[:, None]

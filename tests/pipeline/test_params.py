@@ -145,17 +145,18 @@ def test_psg_config_takes_every_exposed_value_from_the_params():
         "model": {"hidden_dim": 32, "num_queries": 8, "num_heads": 2, "decoder_layers": 2,
                   "rgt": {"num_blocks": 3, "use_lcnl": False, "use_lcnnl": True, "use_lcl": False},
                   "graph": {"dilation": 5, "semantic_threshold": 0.25},
-                  "relation": {"eta": 0.3, "max_pairs": 7, "min_pairs": 2}},
+                  "relation": {"eta": 0.3, "max_pairs": 7, "min_pairs": 2, "duplicate_iou": 0.4}},
         "evaluate": {"alpha": 0.5, "use_diffusion_logits": False, "use_pooled_logits": True},
-        "train": {"use_rqc": False, "no_object_weight": 0.2, "loss_weights": {"rel": 0.5, "rqc": 0.1, "mask": 2.0}},
+        "train": {"use_rqc": False, "no_object_weight": 0.2, "loss_weights": {"rel": 0.5, "rqc": 0.1, "mask": 2.0},
+                  "rqc_pairs": "matched"},
     })
     cfg = psg_config(p.model, p.train, [8, 16, 3], 12)
     assert cfg.architecture == ArchitectureConfig(
         feature_channels=(8, 16, 3), clip_dim=12, hidden_dim=32, num_queries=8, num_heads=2, decoder_layers=2,
         rgt_blocks=3, use_lcnl=False, use_lcnnl=True, use_lcl=False, graph_dilation=5, semantic_threshold=0.25,
-        eta=0.3, max_pairs=7, min_pairs=2,
+        eta=0.3, max_pairs=7, min_pairs=2, duplicate_iou=0.4,
     )
-    assert cfg.criterion == CriterionConfig(use_rqc=False, no_object_weight=0.2,
+    assert cfg.criterion == CriterionConfig(use_rqc=False, no_object_weight=0.2, rqc_pairs="matched",
                                             loss_weights=PSGLossWeights(rel=0.5, rqc=0.1, mask=2.0))
     assert cfg.inference == TRAINING_INFERENCE  # the decoder classifier alone: what training optimises
     assert inference_config(p.evaluate) == InferenceConfig(alpha=0.5, use_diffusion_logits=False,

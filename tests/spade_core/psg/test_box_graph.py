@@ -7,10 +7,11 @@ from spade_core.psg.box_graph import (
     box_masks,
     box_spatial_semantic_graph,
     pair_union_boxes,
+    pairwise_box_iou,
     union_box_masks,
 )
 from spade_core.psg.classifier import mask_pool
-from spade_core.psg.graph import spatial_semantic_graph
+from spade_core.psg.graph import pairwise_mask_iou, spatial_semantic_graph
 
 
 def _feats(n, d=8):
@@ -115,3 +116,17 @@ def test_dr_ndr_takes_pixel_boxes():
     boxes = [[0, 0, 10, 10], [80, 0, 90, 10]]
     assert distant_pair_mask([[0, 1, 0]], boxes, 150).tolist() == [True]
     assert distant_pair_mask([[0, 1, 0]], boxes, 300).tolist() == [False]
+
+
+def test_pairwise_box_iou_matches_torchvision_and_the_rasterised_masks():
+    from torchvision.ops import box_iou
+
+    boxes = [(0, 0, 4, 4), (2, 2, 6, 6), (8, 8, 12, 10), (0, 0, 4, 4), (3, 0, 5, 1)]
+    b = torch.tensor(boxes, dtype=torch.float)[None]
+    iou = pairwise_box_iou(b)
+    torch.testing.assert_close(iou[0], box_iou(b[0], b[0]))
+    assert iou[0, 0, 1].item() == pytest.approx(4 / 28) and iou[0, 0, 3].item() == 1.0
+    # exclusive-end pixel boxes: the box IoU is the IoU of their rasterised masks
+    torch.testing.assert_close(pairwise_mask_iou(_raster(boxes, 12, 12)), iou)
+    # an empty box has IoU 0 with everything, itself included
+    assert pairwise_box_iou(torch.tensor([[[1.0, 1.0, 1.0, 3.0]]])).item() == 0.0

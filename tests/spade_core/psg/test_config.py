@@ -110,13 +110,16 @@ def test_dicts_saved_before_the_box_task_load_with_defaults():
     config = make_psg_config([8, 16], eta=0.3)
     raw = config.to_dict()
     old = {
-        "architecture": {k: v for k, v in raw["architecture"].items() if k != "task"},
+        "architecture": {k: v for k, v in raw["architecture"].items() if k not in ("task", "duplicate_iou")},
         "criterion": {**{k: v for k, v in raw["criterion"].items() if k not in ("cost_bbox", "cost_giou")},
                       "loss_weights": {k: v for k, v in raw["criterion"]["loss_weights"].items()
                                        if k not in ("bbox", "giou")}},
         "inference": raw["inference"],
     }
     assert SpadePSGConfig.from_dict(old) == config
+    assert config.architecture.duplicate_iou is None  # no suppression, as before it existed
+    with pytest.raises(ValueError, match=r"duplicate_iou must be in \(0, 1\] or None, got 0.0"):
+        make_psg_config([8], duplicate_iou=0.0)
     # only the added keys may be missing; the added ones given explicitly are used
     boxes = {**raw, "architecture": {**raw["architecture"], "task": "boxes"}}
     assert SpadePSGConfig.from_dict(boxes).architecture.task == "boxes"

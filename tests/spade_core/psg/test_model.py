@@ -7,7 +7,8 @@ import torch
 from spade_core.eval.sgdet import evaluate
 from spade_core.psg.config import PSGLossWeights, SpadePSGConfig
 from spade_core.psg.model import SpadePSG, detected_queries
-from spade_core.psg.postprocess import class_scores, rank_triplets
+from spade_core.psg.postprocess import class_scores, rank_triplets, restrict_triplets
+from spade_core.psg.relation_losses import matched_gt_from_indices, relation_indicator, relation_query_loss
 
 from .conftest import make_psg_config
 
@@ -60,6 +61,29 @@ def test_loss_parts_and_weights(random_psg_inputs):
     assert "loss_ce_0" not in shallow.loss(_run(shallow, d), d["targets"])
 
 
+def test_rqc_over_detected_pairs_adds_the_unmatched_ones_with_target_0(random_psg_inputs):
+    """`rqc_pairs="detected"`: L_rqc over the matched pairs plus every pair of valid (detected) queries, the
+    latter with target 0 when a query is unmatched; "matched" (the default) leaves those pairs out."""
+    d = random_psg_inputs
+    model = _model(d["channels"], min_relation_objects=8)  # all 8 queries detected, 3 + 2 GT instances
+    out = _run(model, d)
+    matched = model.loss(out, d["targets"])["loss_rqc"]
+    detected = _model(d["channels"], min_relation_objects=8, rqc_pairs="detected").loss(out, d["targets"])
+    tgts = [{"labels": t["labels"], "masks": t["masks"]} for t in d["targets"]]
+    size = tuple(out["mask_logits"].shape[-2:])
+    indices = model.matcher(out["class_logits"], out["mask_logits"],
+                            model._instance_targets(tgts, size, out["S"].device))
+    psi, valid = relation_indicator(matched_gt_from_indices(indices, 8), [t["relations"] for t in d["targets"]], 8,
+                                    symmetric=True)
+    assert valid.sum() < 2 * 8 * 7  # some queries are unmatched
+    everything = ~torch.eye(8, dtype=torch.bool).expand(2, 8, 8)
+    torch.testing.assert_close(matched, relation_query_loss(out["S"], psi, valid))
+    torch.testing.assert_close(detected["loss_rqc"], relation_query_loss(out["S"], psi, everything))
+    assert detected["loss_rqc"] > matched
+    with pytest.raises(ValueError, match=r"rqc_pairs must be one of \['matched', 'detected'\], got 'all'"):
+        _model(d["channels"], rqc_pairs="all")
+
+
 def test_gradient_reaches_every_trainable_parameter(random_psg_inputs):
     """Every parameter gets a non-zero gradient from the loss. The graph is fixed to a half-dense one: at
     initialisation all predicted masks are large and overlap, so the spatial-semantic graph is complete and
@@ -97,6 +121,14 @@ def test_detected_queries():
     valid = detected_queries(objectness, threshold=0.5, min_count=1)
     assert valid.tolist() == [[True, False, True, False], [False, True, False, False]]
     assert detected_queries(objectness, 0.5, 3).sum(1).tolist() == [3, 3]
+
+
+def test_restrict_triplets_keeps_order_and_renumbers():
+    triplets = torch.tensor([[0, 3, 1, 0.9], [1, 2, 0, 0.8], [3, 0, 2, 0.7], [2, 3, 1, 0.6]])
+    keep = torch.tensor([True, False, True, True])
+    out = restrict_triplets(triplets, keep)  # query 1 goes; 2 -> 1, 3 -> 2
+    torch.testing.assert_close(out, torch.tensor([[0, 2, 1, 0.9], [2, 0, 2, 0.7], [1, 2, 1, 0.6]]))
+    assert restrict_triplets(triplets[:0], keep).shape == (0, 4)
 
 
 def test_class_scores():

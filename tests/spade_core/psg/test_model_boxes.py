@@ -90,6 +90,29 @@ def test_box_graph_follows_the_boxes(random_psg_inputs):
     assert out["graph"][0].tolist() == expected.tolist() and out["graph"][1].tolist() == expected.tolist()
 
 
+def test_duplicate_boxes_leave_the_graph_and_the_pairs(random_psg_inputs):
+    """Queries 1 and 5 repeat the box of 0 (IoU 1 and 0.9): with `duplicate_iou` 0.7 only the most object-like
+    of the three stays valid; no graph edge and no relation pair involves the others. Off (None): all stay."""
+    d = random_psg_inputs
+    boxes = torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.2, 0.2, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.2, 0.7, 0.2, 0.2],
+                          [0.7, 0.2, 0.2, 0.2], [0.2, 0.2, 0.2, 0.18], [0.5, 0.5, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]])
+    outs = {}
+    for iou in (None, 0.7):
+        model = _model(d["channels"], min_relation_objects=8, duplicate_iou=iou).eval()
+        model.box_head = _FixedBoxes(boxes)
+        outs[iou] = _run(model, d)
+    assert outs[None]["query_valid"].all()
+    out = outs[0.7]
+    objectness = 1 - out["class_logits"].softmax(-1)[..., -1]
+    for b in range(2):
+        best = max((0, 1, 5), key=lambda q: objectness[b, q].item())
+        dropped = [q for q in (0, 1, 5) if q != best]
+        assert out["query_valid"][b].tolist() == [q not in dropped for q in range(8)]
+        assert not out["graph"][b, dropped].any() and not out["graph"][b, :, dropped].any()
+        used = out["pairs"][b][out["pair_valid"][b]]
+        assert used.numel() and not torch.isin(used, torch.tensor(dropped)).any()
+
+
 def test_mask_model_has_no_boxes(random_psg_inputs):
     d = random_psg_inputs
     model = _model(d["channels"], task="masks")

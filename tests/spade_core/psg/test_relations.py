@@ -6,6 +6,7 @@ from spade_core.psg.relations import (
     RelationQueryBuilder,
     pair_union_masks,
     select_relation_pairs,
+    suppress_duplicate_queries,
 )
 
 D = 16
@@ -141,3 +142,28 @@ def test_pair_union_masks():
     m[0, 2, 1, 1] = 0.5
     u = pair_union_masks(m, torch.tensor([[[0, 2], [1, 1]]]))
     assert u[0, 0].tolist() == [[1.0, 0.0], [0.0, 0.5]] and u[0, 1].sum() == 0
+
+
+def test_duplicates_are_suppressed_greedily_by_objectness():
+    """0 and 1 are one object (IoU 0.9), 3 overlaps 0 by 0.5 only; 1 is the most object-like, so 0 goes; 3 stays
+    though it overlaps 0, because 0 was dropped; an invalid query never suppresses another."""
+    iou = torch.eye(5)
+    for i, j, v in ((0, 1, 0.9), (0, 3, 0.5), (1, 3, 0.4), (2, 4, 0.95)):
+        iou[i, j] = iou[j, i] = v
+    objectness = torch.tensor([[0.5, 0.9, 0.8, 0.1, 0.2]])
+    valid = torch.tensor([[True, True, False, True, True]])  # 2 is invalid: it cannot suppress 4
+    keep = suppress_duplicate_queries(iou[None], objectness, valid, 0.7)
+    assert keep.tolist() == [[False, True, False, True, True]]
+    # threshold 1.0: nothing is a duplicate; the threshold is strict
+    assert suppress_duplicate_queries(iou[None], objectness, valid, 1.0).tolist() == valid.tolist()
+    assert suppress_duplicate_queries(iou[None], objectness, valid, 0.9).tolist() == valid.tolist()
+
+
+def test_suppression_is_per_image_and_rejects_bad_shapes():
+    iou = torch.ones(2, 3, 3)
+    iou[1] = torch.eye(3)
+    objectness = torch.tensor([[0.1, 0.3, 0.2], [0.1, 0.3, 0.2]])
+    keep = suppress_duplicate_queries(iou, objectness, torch.ones(2, 3, dtype=torch.bool), 0.5)
+    assert keep.tolist() == [[False, True, False], [True, True, True]]
+    with pytest.raises(ValueError, match="iou must be"):
+        suppress_duplicate_queries(torch.ones(2, 3, 4), objectness, torch.ones(2, 3, dtype=torch.bool), 0.5)
