@@ -116,10 +116,22 @@ def ablate_command(
                    echo=typer.echo)
 
 
+@app.command("plots")
+def plots_command(
+    out: Path = typer.Option(Path("artifacts/plots"), help="Folder for the PNGs (never a DVC output)."),
+) -> None:
+    """The DVC plots as PNG files (loss curves, per-predicate recall), readable offline."""
+    from pipeline.plots import write_plots
+
+    with exit_on(FileNotFoundError, ValueError):
+        for path in write_plots(out):
+            typer.echo(str(path))
+
+
 @app.command("inspect-maps")
 def inspect_maps_command(
     image_id: str = typer.Argument(..., help="A calibration image id (see data/prepared/index/train.parquet)."),
-    out: Path | None = typer.Option(None, help="PNG to write (default artifacts/invert/maps-<id>.png)."),
+    out: Path | None = typer.Option(None, help="PNG to write (default artifacts/inspections/maps-<id>.png)."),
 ) -> None:
     """Render an image with its stored teacher maps per triplet role (subject / predicate / object)."""
     from stages.inspect_maps import inspect_maps
