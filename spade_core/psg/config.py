@@ -96,8 +96,9 @@ class ArchitectureConfig(_Section):
         object_threshold, min_relation_objects: queries with objectness `1 - p(no object)` above the threshold
             (and at least the `min_relation_objects` most object-like ones) form the graph and the pairs;
             the others (predicted "no object", with near-identical features) would crowd out the real pairs.
-        duplicate_iou: queries whose region (box or mask) has an IoU above this with a more object-like valid
-            query are dropped from the graph and the pairs (`suppress_duplicate_queries`); None: none dropped.
+        duplicate_iou: queries whose region (box or mask) has an IoU above this with a more object-like query
+            are not detected (`suppress_duplicate_queries`, `detected_queries`; they rank last for the
+            `min_relation_objects` floor); None: none dropped.
         task: what an instance is: "masks" (PSG: Mask2Former mask prediction, masked cross-attention) or
             "boxes" (Visual Genome: DETR box prediction by a `BoxHead`, unmasked cross-attention).
     """

@@ -56,12 +56,15 @@ from spade_core.psg.relations import (
 from spade_core.psg.rgt import RelationGraphTransformer
 
 
-def detected_queries(objectness: Tensor, threshold: float, min_count: int) -> Tensor:
-    """Queries taking part in the graph, RGT and relation pairs: `objectness [B,Q]` > `threshold`, plus the
-    `min_count` most object-like queries of each image (so early in training there are pairs at all).
-    Returns bool `[B,Q]`."""
-    rank = objectness.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
-    return (objectness > threshold) | (rank < min_count)
+def detected_queries(objectness: Tensor, threshold: float, min_count: int, duplicate: Tensor | None = None) -> Tensor:
+    """Queries taking part in the graph, RGT and relation pairs: `objectness [B,Q]` > `threshold` and not a
+    `duplicate [B,Q]` (bool, `suppress_duplicate_queries`' drops; None: none), plus the `min_count` most
+    object-like queries of each image, duplicates ranked after every other query (so early in training, when all
+    queries predict one region, there are pairs at all). Returns bool `[B,Q]`."""
+    duplicate = torch.zeros_like(objectness, dtype=torch.bool) if duplicate is None else duplicate.bool()
+    key = objectness.float() - 2.0 * duplicate.float()  # objectness is in [0, 1]: duplicates come last
+    rank = key.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+    return ((objectness > threshold) & ~duplicate) | (rank < min_count)
 
 
 class SpadePSG(nn.Module):
@@ -118,7 +121,7 @@ class SpadePSG(nn.Module):
             `(cx, cy, w, h)` (box task; None for masks), `query_feats [B,Q,D]`, `class_logits [B,Q,C_obj+1]`,
             `aux` list of `(class_logits, mask_logits)` of the earlier decoder outputs (empty without deep
             supervision), `aux_boxes` list of their `[B,Q,4]` boxes (box task; else empty), `query_valid [B,Q]`
-            bool (`detected_queries` less the duplicates of `suppress_duplicate_queries`), `graph [B,Q,Q]`,
+            bool (`detected_queries`, duplicates of `suppress_duplicate_queries` left out), `graph [B,Q,Q]`,
             `rgt_feats [B,Q,D]`, `S [B,Q,Q]`, `pairs [B,P,2]`,
             `pair_valid [B,P]`, `rel_feats [B,P,D]`, `rel_logits [B,P,C_pred+1]`,
             `pooled_obj_logits [B,Q,C_obj] | None`, `pooled_rel_logits [B,P,C_pred] | None` (pooled inside the
@@ -135,11 +138,13 @@ class SpadePSG(nn.Module):
 
         soft_masks = inst.mask_logits.detach().sigmoid()
         objectness = 1 - class_logits.detach().softmax(-1)[..., -1]
-        valid = detected_queries(objectness, a.object_threshold, a.min_relation_objects)
+        duplicate = None
         if a.duplicate_iou is not None:
             iou = pairwise_mask_iou(soft_masks) if boxes is None else pairwise_box_iou(
                 box_convert(boxes.detach().float(), "cxcywh", "xyxy"))
-            valid = suppress_duplicate_queries(iou, objectness, valid, a.duplicate_iou)
+            everyone = torch.ones_like(objectness, dtype=torch.bool)
+            duplicate = ~suppress_duplicate_queries(iou, objectness, everyone, a.duplicate_iou)
+        valid = detected_queries(objectness, a.object_threshold, a.min_relation_objects, duplicate)
         if graph is None:
             graph = self._graph(soft_masks, boxes, inst.query_feats.detach(), valid)
         nodes = self.rgt(inst.query_feats, graph, valid)

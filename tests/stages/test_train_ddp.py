@@ -45,7 +45,10 @@ def test_two_processes_match_one(tiny_trained, tmp_path):
     default runs on UNet features only (no RGB level, issue 15) loss_rqc jumps to 2.8-3.5 % off from step 4 on
     while steps 1-3 agree to 0.05 % (the same values in CI and locally): `L_rqc` compares the similarity matrix
     with an indicator placed by the Hungarian matching, which a weight difference of a few lr can flip, so the
-    term moves discretely; the step-1 values (same weights) still agree to 1e-5.
+    term moves discretely; the step-1 values (same weights) still agree to 1e-5. Since the duplicate suppression
+    and `L_rqc` over every detected pair (`train.rqc_pairs: detected`), the detected set (an objectness threshold,
+    an IoU threshold) flips too, and with it the relation pairs: at step 4, loss_rqc 6.1 % and loss_rel 10.4 % off
+    (steps 1-3: <= 2.5 %), the total loss still <= 0.5 %; hence 10 % and 15 % on those two terms.
     With the gradient all-reduce removed the loss was off by up to 2.5 % (measured before the embedded CLIP), so
     the tolerance on the total loss separates the two; the one on loss_rel only bounds the per-rank
     normalisation. Weights differ by at most a few Adam steps of size lr (sign flips of near-zero gradients).
@@ -73,8 +76,8 @@ def test_two_processes_match_one(tiny_trained, tmp_path):
     np.testing.assert_allclose(b["loss_rqc"][0], a["loss_rqc"][0], rtol=1e-5)  # same weights at step 1
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=5e-3)
     np.testing.assert_allclose(b["loss_mask"], a["loss_mask"], rtol=5e-3)
-    np.testing.assert_allclose(b["loss_rqc"], a["loss_rqc"], rtol=5e-2)
-    np.testing.assert_allclose(b["loss_rel"], a["loss_rel"], rtol=6e-2)
+    np.testing.assert_allclose(b["loss_rqc"], a["loss_rqc"], rtol=1e-1)
+    np.testing.assert_allclose(b["loss_rel"], a["loss_rel"], rtol=1.5e-1)
 
     got = load_file(str(two / "artifacts/train/model.safetensors"))
     want = load_file(str(one / "artifacts/train/model.safetensors"))

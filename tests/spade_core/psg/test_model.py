@@ -121,6 +121,15 @@ def test_detected_queries():
     valid = detected_queries(objectness, threshold=0.5, min_count=1)
     assert valid.tolist() == [[True, False, True, False], [False, True, False, False]]
     assert detected_queries(objectness, 0.5, 3).sum(1).tolist() == [3, 3]
+    # duplicates leave the detected set and rank last for the floor of min_count
+    duplicate = torch.tensor([[False, False, True, False], [False, True, False, False]])
+    assert detected_queries(objectness, 0.5, 1, duplicate).tolist() == [[True, False, False, False],
+                                                                        [False, False, True, False]]
+    assert detected_queries(objectness, 0.5, 3, duplicate).tolist() == [[True, True, False, True],
+                                                                        [True, False, True, True]]
+    everything_duplicate = torch.ones(2, 4, dtype=torch.bool)  # early in training: the floor still gives pairs
+    assert detected_queries(objectness, 0.5, 2, everything_duplicate).tolist() == [[True, False, True, False],
+                                                                                   [False, True, True, False]]
 
 
 def test_restrict_triplets_keeps_order_and_renumbers():

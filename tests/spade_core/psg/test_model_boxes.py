@@ -92,13 +92,14 @@ def test_box_graph_follows_the_boxes(random_psg_inputs):
 
 def test_duplicate_boxes_leave_the_graph_and_the_pairs(random_psg_inputs):
     """Queries 1 and 5 repeat the box of 0 (IoU 1 and 0.9): with `duplicate_iou` 0.7 only the most object-like
-    of the three stays valid; no graph edge and no relation pair involves the others. Off (None): all stay."""
+    of the three stays valid (every query passes `object_threshold` 0); no graph edge and no relation pair
+    involves the others. Off (None): all stay."""
     d = random_psg_inputs
     boxes = torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.2, 0.2, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.2, 0.7, 0.2, 0.2],
                           [0.7, 0.2, 0.2, 0.2], [0.2, 0.2, 0.2, 0.18], [0.5, 0.5, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]])
     outs = {}
     for iou in (None, 0.7):
-        model = _model(d["channels"], min_relation_objects=8, duplicate_iou=iou).eval()
+        model = _model(d["channels"], object_threshold=0.0, min_relation_objects=2, duplicate_iou=iou).eval()
         model.box_head = _FixedBoxes(boxes)
         outs[iou] = _run(model, d)
     assert outs[None]["query_valid"].all()
