@@ -13,10 +13,11 @@ import shutil
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.evaluation import PER_PREDICATE_PNG as PER_PREDICATE_NAME
 from pipeline.io import atomic_write_bytes
 
 PLOTS_DIR = Path("artifacts/plots")
-PER_PREDICATE_PNG = paths.EVALUATE / "per_predicate_recall.png"
+PER_PREDICATE_PNG = paths.EVALUATE / PER_PREDICATE_NAME  # what the evaluate stage writes
 
 
 def read_curve(path: Path) -> dict[str, list[float]]:

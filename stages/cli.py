@@ -118,13 +118,13 @@ def ablate_command(
 
 @app.command("plots")
 def plots_command(
-    out: Path = typer.Option(Path("artifacts/plots"), help="Folder for the PNGs (never a DVC output)."),
+    out: Path | None = typer.Option(None, help="Folder for the PNGs (default artifacts/plots; never a DVC output)."),
 ) -> None:
     """The DVC plots as PNG files (loss curves, per-predicate recall), readable offline."""
-    from pipeline.plots import write_plots
+    from pipeline.plots import PLOTS_DIR, write_plots
 
     with exit_on(FileNotFoundError, ValueError):
-        for path in write_plots(out):
+        for path in write_plots(out or PLOTS_DIR):
             typer.echo(str(path))
 
 
