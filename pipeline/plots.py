@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 
 from pipeline import paths
-from pipeline.evaluation import PER_PREDICATE_PNG as PER_PREDICATE_NAME
+from pipeline.evaluation import PER_PREDICATE_PNG
 from pipeline.io import atomic_write_bytes
 
 PLOTS_DIR = Path("artifacts/plots")
-PER_PREDICATE_PNG = paths.EVALUATE / PER_PREDICATE_NAME  # what the evaluate stage writes
+EVALUATED_PER_PREDICATE = paths.EVALUATE / PER_PREDICATE_PNG  # what the evaluate stage writes
 
 
 def read_curve(path: Path) -> dict[str, list[float]]:
@@ -67,11 +67,11 @@ def write_plots(out_dir: Path = PLOTS_DIR) -> list[Path]:
             curve = read_curve(csv_path)
             losses = [c for c in curve if c.startswith("loss")]
             written.append(plot_curve(curve, losses, title, out_dir / name))
-    if PER_PREDICATE_PNG.is_file():
-        target = out_dir / PER_PREDICATE_PNG.name
-        shutil.copyfile(PER_PREDICATE_PNG, target)
+    if EVALUATED_PER_PREDICATE.is_file():
+        target = out_dir / PER_PREDICATE_PNG
+        shutil.copyfile(EVALUATED_PER_PREDICATE, target)
         written.append(target)
     if not written:
         raise FileNotFoundError(f"no curve to plot: {paths.CALIBRATE_CURVE}, {paths.TRAIN_CURVE} and "
-                                f"{PER_PREDICATE_PNG} are missing (run dvc repro first)")
+                                f"{EVALUATED_PER_PREDICATE} are missing (run dvc repro first)")
     return written
