@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -137,12 +138,28 @@ def stage_dependencies(repo: Path, dvc_files: Sequence[str] = DVC_FILES) -> list
     import yaml
 
     found = {"params.yaml", *dvc_files}
+    params_file = Path(repo) / "params.yaml"
+    params = (yaml.safe_load(params_file.read_text()) or {}) if params_file.is_file() else {}
     for name in dvc_files:
         path = Path(repo) / name
         if path.is_file():
             for stage in (yaml.safe_load(path.read_text()) or {}).get("stages", {}).values():
-                found.update(str(Path(name).parent / d) for d in stage.get("deps", []) if isinstance(d, str))
+                deps = (interpolate(d, params) for d in stage.get("deps", []) if isinstance(d, str))
+                found.update(str(Path(name).parent / d) for d in deps if not Path(d).is_absolute())
     return sorted(found)
+
+
+def interpolate(text: str, params: dict[str, Any]) -> str:
+    """``text`` with each ``${a.b}`` replaced by that value of ``params`` (as DVC templates a ``dvc.yaml`` entry,
+    e.g. the ``models`` stage's ``${model.sd_path}``)."""
+
+    def value(match: re.Match) -> str:
+        node: Any = params
+        for part in match.group(1).strip().split("."):
+            node = node[part]
+        return str(node)
+
+    return re.sub(r"\$\{([^}]+)\}", value, text)
 
 
 def code_digest(repo: Path) -> str:

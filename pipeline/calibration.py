@@ -43,7 +43,7 @@ from pipeline.params import CalibrateParams
 from pipeline.stores import InversionStore, StoreMismatchError
 from pipeline.student import Student, build_student, student_config, student_maps
 from spade_core.calibration import calibration_loss, map_correlation
-from spade_core.diffusion import AttentionCapture, encode_images
+from spade_core.diffusion import AttentionCapture, cross_attention_layers, encode_images
 
 # calibrate params that do not change the weights after a given step (a checkpoint stays valid across them)
 NOT_HASHED = ("steps", "checkpoint_every", "num_workers")  # cache_latents is hashed: batched vs per-image VAE
@@ -156,7 +156,9 @@ def calibrate_student(models: LoadedModels, store: InversionStore, c: CalibrateP
         *((f"unet.{n}", q) for n, q in student.unet.named_parameters() if q.requires_grad),
         *((f"captioner.{n}", q) for n, q in student.captioner.named_parameters() if q.requires_grad),
     ]
-    runner = MapRunner(student, AttentionCapture(student.unet, keep_graph=True), tuple(g.attn_shape),
+    # the student's maps average the same cross-attention layers as the stored teacher maps (invert.attn_layers)
+    layers = cross_attention_layers(student.unet, store.settings.get("attn_layers"))
+    runner = MapRunner(student, AttentionCapture(student.unet, layers=layers, keep_graph=True), tuple(g.attn_shape),
                        {} if c.cache_latents else None)  # fmt: skip
     train_idx, held_idx = heldout_split(g.num_images, c.heldout_fraction, c.seed)
     order = BlockOrder(g.num_images, block, train_idx, c.shuffle_window, c.seed)

@@ -32,7 +32,7 @@ from pipeline.map_localisation import stored_map_localisation
 from pipeline.models import LoadedModels
 from pipeline.params import ScopedParams
 from pipeline.stores import InversionStore, ShardWriter, StoreGeometry, prompt_rows
-from spade_core.diffusion import AttentionCapture, reconstruction_error, sample, teacher_maps
+from spade_core.diffusion import AttentionCapture, cross_attention_layers, reconstruction_error, sample, teacher_maps
 from spade_core.diffusion.models import encode_images, encode_token_ids
 from spade_core.diffusion.prompts import build_relation_prompt
 
@@ -90,6 +90,7 @@ def geometry_for(models: LoadedModels, num_images: int, p: ScopedParams) -> Stor
         num_tokens=models.diffusion.tokenizer.model_max_length,
         attn_shape=(res, res),
         shard_size=p.invert.shard_size,
+        store_latents=p.invert.store_latents,
     )
 
 
@@ -110,6 +111,7 @@ def store_settings(models: LoadedModels, p: ScopedParams, prompts: str) -> dict:
         "noise": inv.noise,
         "regenerate": inv.regenerate,
         "seed": inv.seed,
+        "attn_layers": list(inv.attn_layers),
         "split": p.data.split,
         "image_size": p.model.image_size,
         "dtype": p.model.dtype,
@@ -144,7 +146,8 @@ def invert_batch(
     p: ScopedParams,
     measure: bool,
 ) -> dict[str, np.ndarray]:
-    """One batch: latents [B,2,C,h,w], maps [B,T,ha,wa], reconstruction errors [B] (NaN when not measured)."""
+    """One batch: maps [B,T,ha,wa], reconstruction errors [B] (NaN when not measured) and, with
+    ``invert.store_latents``, the noise latents [B,2,C,h,w]."""
     d, inv = models.diffusion, p.invert
     unet = d.unet
     device = next(unet.parameters()).device
@@ -184,8 +187,11 @@ def invert_batch(
         )
         maps = capture.maps(size)
     capture.clear()
-    pair = noise if noise.ndim == 5 else torch.stack([noise, noise], dim=1)
-    return {"latents": pair.float().cpu().numpy(), "attn": maps.float().cpu().numpy(), "recon_error": recon}
+    rows = {"attn": maps.float().cpu().numpy(), "recon_error": recon}
+    if inv.store_latents:
+        pair = noise if noise.ndim == 5 else torch.stack([noise, noise], dim=1)
+        rows["latents"] = pair.float().cpu().numpy()
+    return rows
 
 
 def process_shards(
@@ -199,7 +205,8 @@ def process_shards(
 ) -> dict:
     """Invert the images of the shards ``todo`` and write each shard; returns the throughput statistics."""
     tok = models.diffusion.tokenizer
-    capture = AttentionCapture(models.diffusion.unet)
+    unet = models.diffusion.unet
+    capture = AttentionCapture(unet, layers=cross_attention_layers(unet, p.invert.attn_layers))
     bs = p.invert.batch_size
     total = sum(np.subtract(*store.geometry.shard_range(s)[::-1]) for s in todo)
     bar = tqdm(total=total, desc=f"invert[rank {ctx.rank}]", unit="img", disable=not ctx.is_main)
@@ -271,7 +278,7 @@ def inversion_metrics(
         "unet_calls_total": n * per_image + len(measured) * inv.num_steps,  # + the reconstruction check
         "store_bytes_per_image": round(on_disk / n) if n and on_disk else None,
         "raw_bytes_per_image": {name: int(np.prod(store.group[name].shape[1:])) * store.group[name].dtype.itemsize
-                                for name in ("attn", "latents")},
+                                for name in ("attn", "latents") if name in store.geometry.arrays},
         "images_per_second_rank0": round(stats["images"] / stats["seconds"], 3) if stats["images"] else None,
         "world_size": world_size,
         "reconstruction_error_mean": float(measured.mean()) if len(measured) else None,

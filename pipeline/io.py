@@ -20,7 +20,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2, **kwargs: Any) -> Path:
     """Write ``obj`` as JSON (with a final newline) to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, **kwargs) + "\n")
+
+
+def write_metrics(figures: dict[str, Any], run_keys: Sequence[str], metrics_path: str | Path,
+                  run_path: str | Path) -> None:
+    """Write a stage's ``figures`` as two JSON files: the ``run_keys`` (timings, process count, device, model
+    identities: what differs between two runs that give the same results) to ``run_path``, the rest (what the run
+    measured) to ``metrics_path``, the DVC metrics file, so that ``dvc metrics show`` / ``dvc exp show`` lead
+    with results."""
+    atomic_write_json(run_path, {k: figures[k] for k in run_keys if k in figures})
+    atomic_write_json(metrics_path, {k: v for k, v in figures.items() if k not in run_keys})
 
 
 @contextlib.contextmanager

@@ -66,6 +66,13 @@ def resolve_dtype(dtype: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
+def weights_path(value: str) -> Path:
+    """``model.sd_path`` / ``model.clip_checkpoint`` as a path: ``~`` expanded, relative ones under the repository
+    (where ``dvc.yaml`` resolves the same strings as deps of the ``models`` stage)."""
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else paths.REPO_ROOT / path).resolve()
+
+
 def copy_embedded_teacher(dest: Path, source: Path = paths.TEACHER_WEIGHTS) -> Path:
     """Copy the shipped teacher's components (diffusers layout) to ``dest``, replacing what is there."""
     missing = [c for c in COMPONENTS if not (source / c).is_dir()]
@@ -79,20 +86,21 @@ def copy_embedded_teacher(dest: Path, source: Path = paths.TEACHER_WEIGHTS) -> P
     return dest
 
 
-def copy_embedded_clip(dest: Path, source: Path = paths.EMBEDDED_CLIP) -> Path:
-    """Copy the shipped CLIP's architecture JSON and checkpoint to ``dest``; returns the checkpoint path."""
-    files = [source / f"{TINY_CLIP_ARCH}.json", source / f"{TINY_CLIP_ARCH}.safetensors"]
-    missing = [f.name for f in files if not f.is_file()]
+def copy_embedded_clip(dest: Path, checkpoint: Path | None = None, source: Path = paths.EMBEDDED_CLIP) -> Path:
+    """Copy the shipped CLIP's architecture JSON (from ``source``) and ``checkpoint`` (default: the shipped one) to
+    ``dest``; returns the copied checkpoint's path."""
+    files = [source / f"{TINY_CLIP_ARCH}.json", checkpoint or source / f"{TINY_CLIP_ARCH}.safetensors"]
+    missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(
-            f"model.preset=tiny: the embedded CLIP {source} lacks {missing}; restore it from git "
+            f"model.preset=tiny: the embedded CLIP lacks {missing}; restore it from git "
             "(`git checkout -- teacher/clip`), retrain it (`spade train-clip`), or use model.preset=tiny-random"
         )
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for f in files:
-        shutil.copyfile(f, dest / f.name)
-    return dest / files[1].name
+    for f, name in zip(files, (f"{TINY_CLIP_ARCH}.json", f"{TINY_CLIP_ARCH}.safetensors")):
+        shutil.copyfile(f, dest / name)
+    return dest / f"{TINY_CLIP_ARCH}.safetensors"
 
 
 def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str, Any]:
@@ -102,13 +110,13 @@ def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str,
     if preset in ("tiny", "tiny-random"):
         diff_dir = out_dir / "diffusion"
         if preset == "tiny":
-            copy_embedded_teacher(diff_dir)
+            copy_embedded_teacher(diff_dir, weights_path(model_params.sd_path))
         else:
             shutil.rmtree(diff_dir, ignore_errors=True)
             build_tiny_diffusion_models(diff_dir, seed=model_params.seed)
         clip_dir = out_dir / "clip"
         if preset == "tiny":
-            clip_ckpt = copy_embedded_clip(clip_dir)
+            clip_ckpt = copy_embedded_clip(clip_dir, weights_path(model_params.clip_checkpoint))
         else:
             shutil.rmtree(clip_dir, ignore_errors=True)
             clip_ckpt = build_tiny_clip(clip_dir, seed=model_params.seed)
@@ -116,8 +124,7 @@ def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str,
         diffusion = {"path": "diffusion", "relative": True}
         clip = {"arch": clip_arch.replace(str(out_dir) + "/", ""), "checkpoint": Path(clip_ckpt).name, "relative": True}
     else:
-        sd = Path(model_params.sd_path).expanduser().resolve()
-        ckpt = Path(model_params.clip_checkpoint).expanduser().resolve()
+        sd, ckpt = weights_path(model_params.sd_path), weights_path(model_params.clip_checkpoint)
         if not sd.is_dir():
             raise FileNotFoundError(f"model.sd_path={sd}: not a directory (need a diffusers-layout SD folder)")
         if not ckpt.is_file():

@@ -24,6 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+TINY_SD_PATH = "teacher/weights"  # the embedded teacher (diffusers layout), the default model.sd_path
+TINY_CLIP_CHECKPOINT = "teacher/clip/spade-tiny-clip.safetensors"  # the embedded CLIP, model.clip_checkpoint
 VAE_FACTOR = 8  # spatial downsampling of the VAE of both presets (tiny and SD): image side / latent side
 
 
@@ -93,9 +95,11 @@ class RelationParams(_Section):
 
 class ModelParams(_Section):
     preset: Literal["tiny", "tiny-random", "sd"] = "tiny"
-    sd_path: str | None = None
+    # weight locations, relative to the repository or absolute: dvc.yaml lists both as deps of `models`, so DVC
+    # sees a weight file change in place (preset tiny copies the embedded models from these two paths)
+    sd_path: str = Field(TINY_SD_PATH, min_length=1)
     clip_arch: str | None = None
-    clip_checkpoint: str | None = None
+    clip_checkpoint: str = Field(TINY_CLIP_CHECKPOINT, min_length=1)
     seed: int = Field(0, ge=0)
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -120,8 +124,11 @@ class ModelParams(_Section):
 
     @model_validator(mode="after")
     def _weights(self) -> ModelParams:
-        if self.preset == "sd" and (not self.sd_path or not self.clip_arch or not self.clip_checkpoint):
-            raise ValueError("model.preset=sd needs model.sd_path, model.clip_arch and model.clip_checkpoint")
+        if self.preset == "sd" and (
+            self.sd_path == TINY_SD_PATH or not self.clip_arch or self.clip_checkpoint == TINY_CLIP_CHECKPOINT
+        ):
+            raise ValueError("model.preset=sd needs model.sd_path, model.clip_arch and model.clip_checkpoint "
+                             "(the defaults name the embedded tiny models)")
         if self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"model.hidden_dim={self.hidden_dim} must be divisible by model.num_heads={self.num_heads}"
@@ -159,8 +166,17 @@ class InvertParams(_Section):
     batch_size: int = Field(8, ge=1)
     shard_size: int = Field(128, ge=1)
     attn_resolution: int | None = Field(None, ge=1)
+    attn_layers: list[Literal["down", "mid", "up"]] = Field(["down", "mid", "up"], min_length=1)
+    store_latents: bool = False
     seed: int = Field(0, ge=0)
     on_mismatch: Literal["fail", "replace"] = "fail"
+
+    @field_validator("attn_layers")
+    @classmethod
+    def _distinct_parts(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a UNet part twice: {v}")
+        return v
 
 
 # ---------------------------------------------------------------------------------------- calibrate

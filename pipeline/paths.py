@@ -25,10 +25,12 @@ MODELS_MANIFEST = MODELS / "manifest.json"
 INVERT = Path("artifacts/invert")
 INVERT_STORE = INVERT / "teacher.zarr"
 INVERT_METRICS = Path("artifacts/invert_metrics.json")
+INVERT_RUN = Path("artifacts/invert_run.json")  # timings, process count, teacher identity (not a DVC metric)
 
 CALIBRATE = Path("artifacts/calibrate")
 CALIBRATE_CHECKPOINTS = Path("artifacts/calibrate_checkpoints")
 CALIBRATE_METRICS = Path("artifacts/calibrate_metrics.json")
+CALIBRATE_RUN = Path("artifacts/calibrate_run.json")  # timings, memory, device, teacher identity
 CALIBRATE_CURVE = Path("artifacts/calibrate_curve.csv")
 
 TRAIN = Path("artifacts/train")

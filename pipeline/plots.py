@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.evaluation import PER_PREDICATE_PNG
-from pipeline.io import atomic_write_bytes
+from pipeline.visualise import save_figure
 
 PLOTS_DIR = Path("artifacts/plots")
 EVALUATED_PER_PREDICATE = paths.EVALUATE / PER_PREDICATE_PNG  # what the evaluate stage writes
@@ -34,8 +34,6 @@ def read_curve(path: Path) -> dict[str, list[float]]:
 
 def plot_curve(curve: dict[str, list[float]], columns: list[str], title: str, path: Path) -> Path:
     """Line plot of ``columns`` of ``curve`` over ``step`` (log y when all values are positive) as a PNG."""
-    import io
-
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4), dpi=100)
@@ -48,11 +46,7 @@ def plot_curve(curve: dict[str, list[float]], columns: list[str], title: str, pa
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 def write_plots(out_dir: Path = PLOTS_DIR) -> list[Path]:

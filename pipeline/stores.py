@@ -2,7 +2,9 @@
 
 Layout of one store (a Zarr v3 group, local path or fsspec URL such as ``s3://bucket/x.zarr``)::
 
-    latents        float32 [N, 2, C, h, w]   inverted noise (x_N, x_{N-1}); DDIM fills slot 1 with x_N too
+    latents        float32 [N, 2, C, h, w]   inverted noise (x_N, x_{N-1}); DDIM fills slot 1 with x_N too.
+                                             Only with ``store_latents`` (invert.store_latents): no stage reads
+                                             it, it lets a pulled store regenerate images exactly (BELM)
     attn           float16 [N, T, ha, wa]    teacher cross-attention per prompt token (heads+layers averaged)
     tokens         int32   [N, T]            prompt token ids (padded)
     roles          int8    [N, T]            0 other/pad, 1 subject, 2 predicate, 3 object
@@ -116,6 +118,12 @@ class StoreGeometry:
     num_tokens: int
     attn_shape: tuple[int, int]  # ha, wa
     shard_size: int
+    store_latents: bool = True  # False: no ``latents`` array
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        """The names of the per-image arrays of a store of this geometry (:data:`ARRAY_SPECS` order)."""
+        return tuple(n for n in ARRAY_SPECS if self.store_latents or n != "latents")
 
     @property
     def num_shards(self) -> int:
@@ -202,7 +210,8 @@ class InversionStore:
             )
         group = zarr.open_group(location, mode="w", **opts)
         g = geometry
-        for name, (dtype, kind) in ARRAY_SPECS.items():
+        for name in g.arrays:
+            dtype, kind = ARRAY_SPECS[name]
             per = g.per_image_shape(kind)
             fill = float("nan") if name == "recon_error" else 0
             group.create_array(
@@ -266,7 +275,7 @@ class InversionStore:
     def write_shard(self, shard: int, arrays: dict[str, np.ndarray]) -> None:
         """Write all arrays of one whole shard, then mark it complete (the marker is written last)."""
         start, stop = self.geometry.shard_range(shard)
-        for name in ARRAY_SPECS:
+        for name in self.geometry.arrays:
             if name not in arrays:
                 raise KeyError(f"shard {shard}: array {name!r} missing")
             block = np.asarray(arrays[name])
@@ -284,9 +293,10 @@ class InversionStore:
     def image_ids(self) -> list[str]:
         return [str(x) for x in self.group["image_ids"][:]]
 
-    def read(self, start: int, stop: int, names: tuple[str, ...] = tuple(ARRAY_SPECS)) -> dict[str, np.ndarray]:
-        """Contiguous block read (fast in every layout; prefer shard-aligned blocks)."""
-        return {name: self.group[name][start:stop] for name in names}
+    def read(self, start: int, stop: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Contiguous block read of ``names`` (default: every array of the store; fast in every layout, prefer
+        shard-aligned blocks)."""
+        return {name: self.group[name][start:stop] for name in (self.geometry.arrays if names is None else names)}
 
     def iter_shard_blocks(self) -> Iterator[tuple[int, int]]:
         for s in range(self.geometry.num_shards):
@@ -311,12 +321,12 @@ def prompt_rows(prompts: Sequence[RelationPrompt]) -> dict[str, np.ndarray]:
 
 
 class ShardWriter:
-    """Collects the rows of one shard batch by batch (any subset of :data:`ARRAY_SPECS` per call), then
+    """Collects the rows of one shard batch by batch (any subset of the store's arrays per call), then
     writes them as one block with :meth:`InversionStore.write_shard` (which marks the shard complete)."""
 
     def __init__(self, store: InversionStore, shard: int) -> None:
         self.store, self.shard = store, shard
-        self._parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAY_SPECS}
+        self._parts: dict[str, list[np.ndarray]] = {name: [] for name in store.geometry.arrays}
 
     def add(self, rows: dict[str, np.ndarray]) -> None:
         for name, block in rows.items():

@@ -313,6 +313,14 @@ def save_png(array: np.ndarray, path: Path | str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def save_figure(fig: Any, path: Path | str) -> Path:
+    """Lay out a matplotlib ``Figure`` and write it as PNG, atomically (temporary file + rename)."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def plot_per_predicate_recall(per_predicate: Sequence[dict[str, Any]], k: int, path: Path | str) -> None:
     """Horizontal bar chart of ``recall@k`` per predicate (``n`` = evaluated images containing it), as PNG."""
     from matplotlib.figure import Figure
@@ -335,7 +343,4 @@ def plot_per_predicate_recall(per_predicate: Sequence[dict[str, Any]], k: int, p
             va="center",
             fontsize=7,
         )
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

@@ -132,9 +132,21 @@ class SpadeAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-def cross_attention_layers(unet: nn.Module) -> list[str]:
-    """Names of the cross-attention (``attn2``) layers of a diffusers UNet, in module order."""
-    return [k.removesuffix(".processor") for k in unet.attn_processors if k.endswith("attn2.processor")]
+#: UNet parts a layer selection names, and the module-name prefix of each in a diffusers UNet
+UNET_PARTS: dict[str, str] = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
+
+
+def cross_attention_layers(unet: nn.Module, parts: Sequence[str] | None = None) -> list[str]:
+    """Names of the cross-attention (``attn2``) layers of a diffusers UNet, in module order; with ``parts`` (a
+    subset of :data:`UNET_PARTS`: ``down``, ``mid``, ``up``) only those of the named parts of the UNet."""
+    names = [k.removesuffix(".processor") for k in unet.attn_processors if k.endswith("attn2.processor")]
+    if parts is None:
+        return names
+    unknown = sorted(set(parts) - set(UNET_PARTS))
+    if unknown:
+        raise ValueError(f"parts must be a subset of {list(UNET_PARTS)}, got {unknown}")
+    prefixes = tuple(UNET_PARTS[p] for p in parts)
+    return [n for n in names if n.startswith(prefixes)]
 
 
 class AttentionCapture:

@@ -280,11 +280,8 @@ class SpadePSG(nn.Module):
         matched_gt = matched_gt_from_indices(indices, num_queries).to(device)
         S = outputs["S"]
         if crit.use_rqc:
-            psi, valid = relation_indicator(matched_gt, relations, num_queries, symmetric=True)
-            if crit.rqc_pairs == "detected":  # psi is 0 wherever a query is unmatched
-                detected = outputs["query_valid"].to(device)
-                valid = valid | (detected[:, :, None] & detected[:, None, :] & ~torch.eye(
-                    num_queries, dtype=torch.bool, device=device))
+            detected = outputs["query_valid"] if crit.rqc_pairs == "detected" else None  # psi 0 where unmatched
+            psi, valid = relation_indicator(matched_gt, relations, num_queries, symmetric=True, also_valid=detected)
             loss_rqc = relation_query_loss(S, psi, valid)
         else:
             loss_rqc = S.sum() * 0.0

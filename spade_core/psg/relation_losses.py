@@ -32,7 +32,11 @@ def _num_gt(matched: torch.Tensor, rel: torch.Tensor) -> int:
 
 
 def relation_indicator(
-    matched_gt: torch.Tensor, gt_relations: list[torch.Tensor], Q: int, symmetric: bool = False
+    matched_gt: torch.Tensor,
+    gt_relations: list[torch.Tensor],
+    Q: int,
+    symmetric: bool = False,
+    also_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth pair indicator `Psi` over the queries.
 
@@ -41,9 +45,11 @@ def relation_indicator(
         gt_relations: per image `[R, 3]` long triplets `(gt_subject, gt_object, predicate)`.
         Q: number of queries (must equal `matched_gt.shape[1]`).
         symmetric: if True, `psi[i, j] = psi[j, i] = 1` for a relation in either direction (S is symmetric).
+        also_valid: optional `[B, Q]` bool, queries whose pairs with each other are valid too though unmatched
+            (e.g. the detected ones: their `psi` is 0, a negative pair).
     Returns:
         `psi [B, Q, Q]` float (1 where GT has a relation from the GT instance of i to that of j) and
-        `valid [B, Q, Q]` bool (both queries matched, i != j).
+        `valid [B, Q, Q]` bool (i != j, both queries matched or both `also_valid`).
     """
     _check_matched(matched_gt, gt_relations)
     if matched_gt.shape[1] != Q:
@@ -64,7 +70,11 @@ def relation_indicator(
             table = torch.maximum(table, table.t())
         g = matched_gt[i].clamp_min(0)
         psi[i] = table[g[:, None], g[None, :]]
-    return psi * valid, valid
+    psi = psi * valid  # 0 wherever a query is unmatched
+    if also_valid is not None:
+        extra = also_valid.to(dev).bool()
+        valid = valid | (extra[:, :, None] & extra[:, None, :] & ~eye)
+    return psi, valid
 
 
 def pair_targets(

@@ -221,6 +221,22 @@ def test_code_digest_follows_the_stage_dependencies(tmp_path):
     assert ablations.code_digest(repo) != first
 
 
+def test_code_digest_resolves_templated_deps_from_params_yaml(tmp_path):
+    """``${model.sd_path}`` (the models stage's weights dep) counts as the folder params.yaml names; an absolute
+    path outside the repository is left out (git cannot list it; the models stage's identity covers it)."""
+    repo = _git_repo(tmp_path / "repo")
+    (repo / "dvc.yaml").write_text("stages:\n  m:\n    cmd: python m.py\n    deps: ['${model.sd_path}', '${w.ckpt}']\n")
+    (repo / "params.yaml").write_text(f"model:\n  sd_path: weights\nw:\n  ckpt: {tmp_path / 'outside.bin'}\n")
+    (repo / "weights").mkdir()
+    (repo / "weights/unet.bin").write_bytes(b"1")
+    (tmp_path / "outside.bin").write_bytes(b"x")
+    assert ablations.stage_dependencies(repo) == ["dvc.yaml", "params.yaml", "teacher/dvc.yaml", "weights"]
+    first = ablations.code_digest(repo)
+    (repo / "weights/unet.bin").write_bytes(b"2")
+    assert ablations.code_digest(repo) != first
+    assert ablations.interpolate("a/${x.y}/${z}", {"x": {"y": 1}, "z": "b"}) == "a/1/b"
+
+
 def test_a_run_waiting_on_a_shared_stage_starts_once_the_log_shows_it_done(tmp_path):
     """jobs=2: the second run shares the first one's calibration; it starts as soon as the first run's log shows
     `train` running (calibrate is then in the run-cache), before the first run has finished."""

@@ -61,6 +61,6 @@ def test_tiny_preset_copies_the_shipped_clip(tmp_path):
 def test_missing_clip_is_a_clear_error(tmp_path):
     (tmp_path / "clip").mkdir()
     (tmp_path / "clip" / f"{TINY_CLIP_NAME}.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"embedded CLIP .* lacks \['spade-tiny-clip.safetensors'\]"):
+    with pytest.raises(FileNotFoundError, match=r"embedded CLIP lacks \['.*/clip/spade-tiny-clip.safetensors'\]"):
         copy_embedded_clip(tmp_path / "out", source=tmp_path / "clip")
     assert not (tmp_path / "out").exists()

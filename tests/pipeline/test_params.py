@@ -63,6 +63,11 @@ def test_defaults_round_trip():
         ({"data": {"source": "coco"}}, "data.source"),
         ({"prepare": {"synthetic": {"image_format": "gif"}}}, "prepare.synthetic.image_format"),
         ({"model": {"preset": "sd"}}, "model.preset=sd needs model.sd_path"),
+        ({"model": {"preset": "sd", "sd_path": "/w/sd", "clip_arch": "ViT-B-32"}}, "the defaults name the embedded"),
+        ({"model": {"sd_path": ""}}, "model.sd_path"),
+        ({"invert": {"attn_layers": ["down", "down"]}}, "lists a UNet part twice"),
+        ({"invert": {"attn_layers": []}}, "invert.attn_layers"),
+        ({"invert": {"attn_layers": ["encoder"]}}, "invert.attn_layers"),
     ],
 )
 def test_schema_errors_name_the_key(raw, needle):

@@ -20,6 +20,28 @@ def test_shard_geometry():
     assert GEOM.shard_range(2) == (4, 5)
 
 
+def test_a_store_without_latents_has_no_latents_array(tmp_path):
+    """``store_latents=False`` (invert.store_latents: false): every other array as usual, no ``latents`` on disk;
+    a writer handing the rows of a store with latents is refused, a reader gets the arrays that exist."""
+    from dataclasses import replace
+
+    geom = replace(GEOM, store_latents=False)
+    assert geom.arrays == ("attn", "tokens", "roles", "triplet_index", "lengths", "recon_error")
+    store = InversionStore.create_or_open(tmp_path / "s.zarr", geom, IDS, SETTINGS)
+    for shard in range(geom.num_shards):
+        store.write_shard(shard, {k: v for k, v in shard_arrays(shard).items() if k != "latents"})
+    store.write_manifest()
+    done = InversionStore.open(tmp_path / "s.zarr")
+    assert done.geometry == geom and "latents" not in done.group and not (tmp_path / "s.zarr/latents").exists()
+    assert set(done.read(0, 5)) == set(geom.arrays)
+    np.testing.assert_array_equal(done.read(0, 2)["attn"], shard_arrays(0)["attn"])
+    writer = ShardWriter(store, 0)
+    with pytest.raises(KeyError, match="'latents' is not a store array"):
+        writer.add({"latents": shard_arrays(0)["latents"]})
+    with pytest.raises(KeyError, match="array 'attn' missing"):
+        InversionStore.create_or_open(tmp_path / "t.zarr", geom, IDS, SETTINGS).write_shard(0, {})
+
+
 def test_write_read_and_completeness(tmp_path):
     loc = tmp_path / "s.zarr"
     store = InversionStore.create_or_open(loc, GEOM, IDS, SETTINGS)

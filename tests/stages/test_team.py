@@ -112,7 +112,8 @@ def assert_same_store(got_ws: Path, want_ws: Path) -> None:
     assert got.settings == want.settings and got.image_ids == want.image_ids
     n = want.geometry.num_images
     a, b = got.read(0, n), want.read(0, n)
-    for name in ARRAY_SPECS:
+    assert set(a) == set(b) and set(b) <= set(ARRAY_SPECS)
+    for name in b:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 

@@ -126,3 +126,24 @@ def test_recorded_probabilities_match_an_explicit_softmax(tiny_unet, latents_and
         q, k = attn.head_to_batch_dim(attn.to_q(seen["h"])), attn.head_to_batch_dim(attn.to_k(cond))
         ref = attn.get_attention_scores(q, k).view(2, attn.heads, 256, 7).mean(1)
     assert torch.allclose(cap.layer_maps[name], ref, atol=1e-6)
+
+
+def test_layers_of_unet_parts_on_an_sd15_layout():
+    """SD 1.5's 16 cross-attention layers: 6 in the encoder (2 per attention level), 1 mid, 9 in the decoder."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        )  # fmt: skip
+    every = cross_attention_layers(unet)
+    parts = {p: cross_attention_layers(unet, [p]) for p in ("down", "mid", "up")}
+    assert [len(parts[p]) for p in ("down", "mid", "up")] == [6, 1, 9] and len(every) == 16
+    assert parts["mid"] == ["mid_block.attentions.0.transformer_blocks.0.attn2"]
+    assert all(n.startswith("up_blocks.") for n in parts["up"])
+    assert cross_attention_layers(unet, ["down", "up"]) == [n for n in every if n not in parts["mid"]]  # module order
+    assert cross_attention_layers(unet, ["up", "down"]) == cross_attention_layers(unet, ["down", "up"])
+    with pytest.raises(ValueError, match=r"subset of \['down', 'mid', 'up'\], got \['encoder'\]"):
+        cross_attention_layers(unet, ["encoder"])

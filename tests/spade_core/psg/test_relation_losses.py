@@ -33,6 +33,20 @@ def test_relation_indicator_hand_made():
     assert torch.equal(valid[0], expected_valid)
 
 
+def test_relation_indicator_also_valid_adds_pairs_of_those_queries_as_negatives():
+    """Queries 1, 2, 3 detected: their pairs become valid (i != j) with target 0 for the unmatched 1 and 3 (an
+    unmatched query's GT index is clamped to 0 inside, which must not leak a 1 into psi); 0-2 stays positive."""
+    rel = [torch.tensor([[1, 0, P], [0, 0, P]])]  # instance 0 -> 0 would hit every unmatched pair if it leaked
+    psi, valid = relation_indicator(MATCHED, rel, 4, also_valid=torch.tensor([[False, True, True, True]]))
+    plain_psi, plain_valid = relation_indicator(MATCHED, rel, 4)
+    assert torch.equal(psi, plain_psi) and psi[0, 0, 2] == 1
+    expected = plain_valid[0].clone()
+    for i in (1, 2, 3):
+        for j in (1, 2, 3):
+            expected[i, j] = i != j
+    assert torch.equal(valid[0], expected) and not valid[0, 0, 1] and not valid[0, 1, 1]
+
+
 def test_relation_indicator_reverse_and_symmetric():
     psi, _ = relation_indicator(MATCHED, [torch.tensor([[1, 0, P], [0, 1, 3]])], 4)
     assert psi[0, 0, 2] == 1 and psi[0, 2, 0] == 1
