@@ -78,6 +78,9 @@ class BenchModels:
     clip_identity: str = "bench-vit-b-32-random"
 
 
+PSG_TRAIN_IMAGES = 46_000  # OpenPSG's training split, rounded
+
+
 def millions(m: torch.nn.Module) -> float:
     return sum(p.numel() for p in m.parameters()) / 1e6
 
@@ -215,6 +218,10 @@ def run_dtype(base: BenchModels, dtype: torch.dtype, args, device: torch.device)
                                              warmup=args.warmup_heavy)))
     print(f"  {str(dtype)[6:]}: feature blocks {frozen.extractor.block_indices}, channels {frozen.channels}",
           flush=True)
+    feats, dense = frozen(images[:1])
+    cached = 2 * (sum(f.numel() for f in feats) + dense.numel())  # the feature cache stores float16
+    print(f"  {str(dtype)[6:]}: feature cache {cached / 2**20:.2f} MiB per image (float16), "
+          f"{cached * PSG_TRAIN_IMAGES / 1e9:.0f} GB for PSG's {PSG_TRAIN_IMAGES} training images", flush=True)
     frozen.extractor.remove()
     return rows
 
