@@ -10,7 +10,12 @@ losses, both tensors in, scalar out:
 * :func:`region_name_loss`: each region embedding (a mask-pooled dense feature, or the pooled feature of a
   crop) against the text embeddings of a whole vocabulary (all object names, or all predicate names), cross
   entropy on the region's name. Contrast over the vocabulary rather than over the batch, because many regions
-  of a batch share a name (a batch-wise InfoNCE would push "red ball" away from itself).
+  of a batch share a name (a batch-wise InfoNCE would push "red ball" away from itself). A region with several
+  names (a subject-object pair that is both "left of" and "far from") takes a target distribution over them
+  instead of one label, and a long-tailed vocabulary can be trained *balanced* by logit adjustment (Menon et
+  al., "Long-tail learning via logit adjustment", ICLR 2021): the log of the names' training frequencies is
+  added to the logits inside the loss only, so the learned cosine logits estimate a class-balanced posterior
+  (the frequent "far from" no longer wins every pair whose name the region cannot tell).
 """
 
 from __future__ import annotations
@@ -32,19 +37,31 @@ def image_caption_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_sc
 
 
 def region_name_loss(region_emb: torch.Tensor, labels: torch.Tensor, vocab_emb: torch.Tensor,
-                     logit_scale: torch.Tensor) -> torch.Tensor:
+                     logit_scale: torch.Tensor, log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """Cross entropy of cosine logits ``logit_scale * norm(region) @ norm(vocab).T`` on the regions' names.
 
-    region_emb: [N,E]; labels: [N] long in [0, C) (rows with label -1 are ignored); vocab_emb: [C,E].
-    Returns a scalar (0 with a graph to ``region_emb`` if every label is -1).
+    region_emb: [N,E]; labels: [N] long in [0, C) (rows with label -1 are ignored), or [N,C] non-negative
+    weights of each row's names (normalised here to a target distribution; all-zero rows are ignored);
+    vocab_emb: [C,E]; log_prior: optional [C] log training frequencies of the names, added to the logits
+    (logit adjustment: the loss of a balanced classifier). Returns a scalar (0 with a graph to ``region_emb``
+    if no row is kept).
     """
     if region_emb.ndim != 2 or vocab_emb.ndim != 2 or region_emb.shape[1] != vocab_emb.shape[1]:
         raise ValueError(f"region_emb [N,E] and vocab_emb [C,E] expected, got {tuple(region_emb.shape)}, "
                          f"{tuple(vocab_emb.shape)}")
-    if labels.shape != region_emb.shape[:1]:
-        raise ValueError(f"labels: expected [{region_emb.shape[0]}], got {tuple(labels.shape)}")
-    keep = labels >= 0
+    soft = labels.ndim == 2
+    if labels.shape[:1] != region_emb.shape[:1] or (soft and labels.shape[1] != vocab_emb.shape[0]) or labels.ndim > 2:
+        raise ValueError(f"labels: expected [{region_emb.shape[0]}] or [{region_emb.shape[0]}, {vocab_emb.shape[0]}], "
+                         f"got {tuple(labels.shape)}")
+    if log_prior is not None and log_prior.shape != vocab_emb.shape[:1]:
+        raise ValueError(f"log_prior: expected [{vocab_emb.shape[0]}], got {tuple(log_prior.shape)}")
+    keep = labels.sum(-1) > 0 if soft else labels >= 0
     if not bool(keep.any()):
         return region_emb.sum() * 0.0
     logits = logit_scale * F.normalize(region_emb[keep], dim=-1) @ F.normalize(vocab_emb, dim=-1).t()
-    return F.cross_entropy(logits, labels[keep])
+    if log_prior is not None:
+        logits = logits + log_prior.to(logits.dtype)
+    if not soft:
+        return F.cross_entropy(logits, labels[keep])
+    target = labels[keep].to(logits.dtype)
+    return -(target / target.sum(-1, keepdim=True) * logits.log_softmax(-1)).sum(-1).mean()

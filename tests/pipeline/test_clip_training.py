@@ -13,7 +13,10 @@ from pipeline.clip_training import (
     crop_boxes,
     make_clip_scenes,
     padded_masks,
+    pair_predicate_targets,
+    predicate_log_prior,
     train_clip,
+    union_box_regions,
     union_masks,
 )
 from pipeline.datasets.synthetic import generate_scene
@@ -66,6 +69,32 @@ def test_padded_and_union_masks(scenes):
     assert torch.equal(unions[0, 0], torch.maximum(seg[s], seg[o])) and int(preds[0, 0]) == p
     capped = union_masks(scenes, idx, torch.Generator().manual_seed(0), max_pairs=1)[2]
     assert all(len(r) <= 1 for r in capped)
+
+
+def test_union_boxes_pair_targets_and_prior(scenes):
+    idx = torch.tensor([0, 1, 2])
+    _, preds, rels = union_masks(scenes, idx, None)
+    boxes = union_box_regions(scenes, idx, rels)
+    assert boxes.shape == (3, preds.shape[1], 128, 128)
+    for b, i in enumerate(idx.tolist()):
+        for r, (s, o, _) in enumerate(rels[b].tolist()):
+            ys, xs = torch.nonzero(boxes[b, r], as_tuple=True)
+            x0, y0 = torch.minimum(scenes.boxes[i][s, :2], scenes.boxes[i][o, :2]).long().tolist()
+            x1, y1 = torch.maximum(scenes.boxes[i][s, 2:], scenes.boxes[i][o, 2:]).long().tolist()
+            assert (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) == (x0, y0, x1, y1)
+            assert int(boxes[b, r].sum()) == (x1 - x0) * (y1 - y0)  # the whole box, not only the masks
+        assert boxes[b, len(rels[b]):].sum() == 0
+    targets = pair_predicate_targets(scenes, idx, rels, 10)
+    for b, i in enumerate(idx.tolist()):
+        rel = scenes.relations[i].tolist()
+        for r, (s, o, p) in enumerate(rels[b].tolist()):
+            names = {q for s2, o2, q in rel if (s2, o2) == (s, o)}
+            assert set(torch.nonzero(targets[b, r]).flatten().tolist()) == names
+            assert targets[b, r, p] == 1
+        assert targets[b, len(rels[b]):].sum() == 0
+    prior = predicate_log_prior(scenes, 10)
+    counts = torch.bincount(torch.cat(scenes.relations)[:, 2], minlength=10).float() + 1
+    assert torch.allclose(prior.exp(), counts / counts.sum())
 
 
 def test_train_clip_is_deterministic_and_logs_every_term(scenes):

@@ -37,3 +37,29 @@ def test_region_name_loss_contrasts_over_the_vocabulary_and_ignores_padding():
         region_name_loss(regions, labels[:4], vocab, scale)
     with pytest.raises(ValueError, match="vocab_emb"):
         region_name_loss(regions, labels, vocab[:, :3], scale)
+
+
+def test_region_name_loss_takes_target_distributions_and_a_log_prior():
+    g = torch.Generator().manual_seed(2)
+    regions, vocab = torch.randn(4, 4, generator=g, requires_grad=True), torch.randn(3, 4, generator=g)
+    targets = torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 0], [0, 0, 2]])  # row 2 ignored, row 0 two names
+    scale = torch.tensor(5.0)
+    logits = scale * F.normalize(regions[[0, 1, 3]], dim=-1) @ F.normalize(vocab, dim=-1).t()
+    dist = torch.tensor([[0.5, 0, 0.5], [0, 1, 0], [0, 0, 1]])
+    expected = -(dist * logits.log_softmax(-1)).sum(-1).mean()
+    assert torch.allclose(region_name_loss(regions, targets, vocab, scale), expected, atol=1e-6)
+    # one-hot targets are the hard-label loss
+    hard = torch.tensor([2, 1, 0, 0])
+    assert torch.allclose(region_name_loss(regions, F.one_hot(hard, 3).float(), vocab, scale),
+                          region_name_loss(regions, hard, vocab, scale), atol=1e-6)
+    # logit adjustment: the prior is added to the logits inside the loss
+    prior = torch.tensor([0.7, 0.2, 0.1]).log()
+    adjusted = F.cross_entropy(scale * F.normalize(regions, dim=-1) @ F.normalize(vocab, dim=-1).t() + prior, hard)
+    assert torch.allclose(region_name_loss(regions, hard, vocab, scale, prior), adjusted, atol=1e-6)
+    # a frequent class is penalised less for being predicted: the adjusted loss of a rare label is higher
+    rare = torch.full((4,), 2)
+    assert region_name_loss(regions, rare, vocab, scale, prior) > region_name_loss(regions, rare, vocab, scale)
+    with pytest.raises(ValueError, match="labels"):
+        region_name_loss(regions, targets[:, :2], vocab, scale)
+    with pytest.raises(ValueError, match="log_prior"):
+        region_name_loss(regions, hard, vocab, scale, prior[:2])
