@@ -22,8 +22,9 @@ vocabulary must equal them for ``data.split`` other than ``closed``, whose novel
 different vocabulary with ``closed`` is used as the file gives it, all objects things) and the OvSGTR split
 ``vg_split.json`` (OvD relabels a novel box through its ``novel_to_base`` list; a novel class with an empty list
 is removed). ``synthetic-vg`` uses the synthetic lists (``synthetic_classes.json``: 10 thing classes, then 6 stuff
-classes, so ``isthing = label < 10``) and the synthetic split (``synthetic_split.json``, which has no
-``novel_to_base``: every novel box is removed under ``ovdr``).
+classes, so ``isthing = label < 10``) and the synthetic split (``synthetic_split.json``, whose ``novel_to_base``
+is the analogue of OvSGTR's: under ``ovdr`` a hexagon is relabelled a box, a heart a ball, floor and sand grass,
+and the yellow star, with an empty list, is removed).
 
 Each :class:`~pipeline.datasets.vg.VGRecord` becomes an :class:`~pipeline.datasets.index.IndexRecord` with
 ``file_name = "<image_id>.<ext>"`` (relative to the image root), ``pan_seg_file_name = ""``, ``segment_ids = []``,
