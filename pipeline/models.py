@@ -89,7 +89,8 @@ def copy_embedded_teacher(dest: Path, source: Path = paths.TEACHER_WEIGHTS) -> P
 def copy_embedded_clip(dest: Path, checkpoint: Path | None = None, source: Path = paths.EMBEDDED_CLIP) -> Path:
     """Copy the shipped CLIP's architecture JSON (from ``source``) and ``checkpoint`` (default: the shipped one) to
     ``dest``; returns the copied checkpoint's path."""
-    files = [source / f"{TINY_CLIP_ARCH}.json", checkpoint or source / f"{TINY_CLIP_ARCH}.safetensors"]
+    names = (f"{TINY_CLIP_ARCH}.json", f"{TINY_CLIP_ARCH}.safetensors")
+    files = [source / names[0], checkpoint or source / names[1]]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise FileNotFoundError(
@@ -98,9 +99,9 @@ def copy_embedded_clip(dest: Path, checkpoint: Path | None = None, source: Path 
         )
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for f, name in zip(files, (f"{TINY_CLIP_ARCH}.json", f"{TINY_CLIP_ARCH}.safetensors")):
+    for f, name in zip(files, names):
         shutil.copyfile(f, dest / name)
-    return dest / f"{TINY_CLIP_ARCH}.safetensors"
+    return dest / names[1]
 
 
 def build_manifest(model_params: Any, out_dir: Path = paths.MODELS) -> dict[str, Any]:

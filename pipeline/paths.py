@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.params import TINY_CLIP_CHECKPOINT, TINY_SD_PATH
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# the embedded teacher shipped with the project (diffusers layout): read where the code lives, not from the cwd
-TEACHER_WEIGHTS = REPO_ROOT / "teacher" / "weights"
-EMBEDDED_CLIP = REPO_ROOT / "teacher" / "clip"
+# the embedded models shipped with the project (the defaults of model.sd_path and model.clip_checkpoint): read
+# where the code lives, not from the cwd
+TEACHER_WEIGHTS = REPO_ROOT / TINY_SD_PATH
+EMBEDDED_CLIP = (REPO_ROOT / TINY_CLIP_CHECKPOINT).parent
 
 PREPARED = Path("data/prepared")
 DATASET = PREPARED / "dataset"  # synthetic source only: the generated PSG-format release

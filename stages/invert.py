@@ -20,8 +20,9 @@ from pipeline.params import ScopedParams
 from pipeline.stores import InversionStore
 
 PARAMS = ("data.split", "model.dtype", "model.device", "model.image_size", "invert")
-RUN_DEPENDENT = ("images_per_second_rank0", "world_size", "store_bytes_per_image")  # not in the store's manifest
-RUN_FIGURES = ("images_per_second_rank0", "world_size", "teacher")  # invert_run.json, not the DVC metrics
+RUN_TIMINGS = ("images_per_second_rank0", "world_size")
+RUN_DEPENDENT = (*RUN_TIMINGS, "store_bytes_per_image")  # not in the store's manifest
+RUN_FIGURES = (*RUN_TIMINGS, "teacher")  # invert_run.json, not the DVC metrics
 
 
 def run(p: ScopedParams) -> None:
