@@ -16,7 +16,8 @@ No GPU has run this project yet, so this is an *estimate*, and it says which par
   sizes), data loading, the text encoder (once per prompt), Zarr I/O.
 
 It also prints what the same FLOPs cost on the CPU at the rate measured on this project's 2-core machine
-(``--cpu-gflops``, default 40 GFLOP/s: a 512 px SD-1.5 UNet call at batch 2 took 33-46 s there, 1.6 TFLOP).
+(``--cpu-gflops``, default 75 GFLOP/s: ``bench_sd_shapes.py --size 512 --threads 1`` timed one 512 px SD-1.5 UNet
+call of ``invert``, 0.80 TFLOP, at 10.4 s on one thread, 2026-12-04).
 
     python benchmarks/project_psg_gpu.py                      # 512 px, the README's real-weights params
     python benchmarks/project_psg_gpu.py --tflops 410 --train-epochs 24
@@ -109,7 +110,7 @@ def main() -> None:
     ap.add_argument("--cache-features", action="store_true", help="train reads cached features (one pass)")
     ap.add_argument("--tflops", type=float, default=300.0, help="assumed sustained TFLOP/s of one GPU")
     ap.add_argument("--gpus", type=int, default=8)
-    ap.add_argument("--cpu-gflops", type=float, default=40.0, help="the 2-core machine's measured rate")
+    ap.add_argument("--cpu-gflops", type=float, default=75.0, help="the 2-core machine's measured rate")
     args = ap.parse_args()
 
     f = model_flops(args.size)
