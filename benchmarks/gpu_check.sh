@@ -5,7 +5,8 @@
 #   3. bench_sd_shapes: SD-1.5-shaped random-weight models at 512 px (CPU dry run: 64 px) in float32 / bfloat16 /
 #      float16 — invert call, calibrate step, feature extraction, BELM round trip;
 #   4. the six stages end to end on the device in bfloat16 on a small embedded workspace (a clone of this repo);
-#   5. with >= 2 GPUs: calibrate and train under torchrun with NCCL (`--nproc 2`).
+#   5. the engine's distributed reductions under torchrun with one process (NCCL on CUDA, gloo in the dry run:
+#      benchmarks/ddp_check.py), and with >= 2 GPUs calibrate and train under torchrun with NCCL (`--nproc 2`).
 # Every step's output goes to $OUT/<step>.log (JSON where a benchmark writes one); the summary is $OUT/summary.txt.
 #
 #   bash benchmarks/gpu_check.sh [OUT]                          # on a CUDA machine (a few minutes on one GPU)
@@ -73,6 +74,8 @@ for stage in prepare models invert calibrate train evaluate; do
 done
 step predict_bf16 bash -c "cd '$WS' && '$SPADE' predict data/prepared/dataset/test/*.png --out '$OUT/predictions' 2>&1 | tail -3"
 
+step ddp_1proc "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 benchmarks/ddp_check.py \
+  --device "$DEVICE"
 GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
 if [ "$DEVICE" = cuda ] && [ "$GPUS" -ge 2 ]; then
   step calibrate_nccl_2proc bash -c "cd '$WS' && '$SPADE' calibrate --nproc 2"
