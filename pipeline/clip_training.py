@@ -67,6 +67,7 @@ from spade_core.calibration.clip import (
 from spade_core.calibration.clip_losses import image_caption_loss, region_name_loss
 from spade_core.diffusion.models import write_clip_tokenizer_files
 from spade_core.diffusion.prompts import build_relation_prompt
+from spade_core.psg.box_graph import union_box_masks
 from spade_core.psg.classifier import mask_pool
 
 SPLIT_TRAIN, SPLIT_HELDOUT = 4, 5
@@ -177,15 +178,13 @@ def union_masks(scenes: ClipScenes, idx: Tensor, g: torch.Generator | None,
 
 def union_box_regions(scenes: ClipScenes, idx: Tensor, chosen: list[Tensor]) -> Tensor:
     """Masks [B,P,S,S] of the subject-object union *boxes* of the relation rows ``chosen`` (as
-    :func:`union_masks` returns them; zero-padded): the region a box model (VG) pools for a pair."""
+    :func:`union_masks` returns them; zero-padded): the region a box model (VG) pools for a pair, rasterised by
+    the model's own :func:`~spade_core.psg.box_graph.union_box_masks` (pixel centres inside the box)."""
     s = scenes.segments.shape[-1]
     out = torch.zeros(len(idx), max(1, max(len(r) for r in chosen)), s, s)
     for b, (i, rel) in enumerate(zip(idx.tolist(), chosen)):
-        for r, (subj, obj, _) in enumerate(rel.tolist()):
-            box = scenes.boxes[i][[subj, obj]]
-            x0, y0 = (int(v) for v in box[:, :2].min(0).values)
-            x1, y1 = (int(v) for v in box[:, 2:].max(0).values)
-            out[b, r, y0:y1, x0:x1] = 1.0
+        if len(rel):
+            out[b, : len(rel)] = union_box_masks(scenes.boxes[i][None] / s, rel[None, :, :2], (s, s))[0]
     return out
 
 
