@@ -111,6 +111,7 @@ class ModelParams(_Section):
     num_queries: int = Field(16, ge=1, le=1000)
     num_heads: int = Field(4, ge=1)
     decoder_layers: int = Field(3, ge=1, le=12)
+    box_source: Literal["head", "mask"] = "head"  # box data (VG): DETR head regression | tight box of the mask
     rgt: RGTParams = RGTParams()
     graph: GraphParams = GraphParams()
     relation: RelationParams = RelationParams()

@@ -61,6 +61,7 @@ def psg_config(
             max_pairs=model.relation.max_pairs,
             min_pairs=model.relation.min_pairs,
             duplicate_iou=model.relation.duplicate_iou,
+            box_source=model.box_source,
         ),
         criterion=CriterionConfig(
             use_rqc=train.use_rqc,

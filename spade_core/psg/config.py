@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 _T = TypeVar("_T")
 
 TASKS = ("masks", "boxes")
+BOX_SOURCES = ("head", "mask")
 RQC_PAIRS = ("matched", "detected")
 
 
@@ -61,7 +62,9 @@ class _Section:
 class PSGLossWeights(_Section):
     """`L = rel * L_rel + rqc * L_rqc + mask * L_mask`, `L_mask` the instance loss summed over decoder outputs:
     task "masks": `ce * L_ce + bce * L_bce + dice * L_dice` (Mask2Former's 2 / 5 / 5); task "boxes":
-    `ce * L_ce + bbox * L_bbox + giou * L_giou` (DETR's L1 and GIoU weights 5 / 2)."""
+    `ce * L_ce + bbox * L_bbox + giou * L_giou` (DETR's L1 and GIoU weights 5 / 2), `+ proj * L_proj + outside *
+    L_outside` (BoxInst's projection term and the outside-box negatives on the mask logits, weighted like
+    Mask2Former's dice and BCE) when the boxes come from the masks."""
 
     rel: float
     rqc: float
@@ -71,9 +74,11 @@ class PSGLossWeights(_Section):
     dice: float = 5.0
     bbox: float = 5.0
     giou: float = 2.0
+    proj: float = 5.0
+    outside: float = 5.0
 
     SECTION: ClassVar[str] = "loss_weights"
-    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"bbox", "giou"})
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"bbox", "giou", "proj", "outside"})
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,11 @@ class ArchitectureConfig(_Section):
             `min_relation_objects` floor); None: none dropped.
         task: what an instance is: "masks" (PSG: Mask2Former mask prediction, masked cross-attention) or
             "boxes" (Visual Genome: DETR box prediction by a `BoxHead`, unmasked cross-attention).
+        box_source: task "boxes": where the predicted boxes come from: "head" (the DETR `BoxHead`'s regression,
+            the paper's VG model) or "mask" (the tight box of the query's mask, which is supervised by BoxInst's
+            projection term and outside-box negatives, `box_projection`; the head is still trained and fills in
+            for an empty mask; the cross-attention is masked as in Mask2Former, since the masks now mean
+            something).
     """
 
     feature_channels: tuple[int, ...]
@@ -125,10 +135,13 @@ class ArchitectureConfig(_Section):
     object_threshold: float = 0.5
     min_relation_objects: int = 4
     task: str = "masks"
+    box_source: str = "head"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        if self.box_source not in BOX_SOURCES:
+            raise ValueError(f"box_source must be one of {list(BOX_SOURCES)}, got {self.box_source!r}")
         if isinstance(self.feature_channels, (str, bytes)) or not isinstance(self.feature_channels, Sequence):
             raise TypeError(f"feature_channels must be a sequence of ints, got {self.feature_channels!r}")
         object.__setattr__(self, "feature_channels", tuple(int(c) for c in self.feature_channels))
@@ -140,7 +153,7 @@ class ArchitectureConfig(_Section):
             raise ValueError(f"duplicate_iou must be in (0, 1] or None, got {self.duplicate_iou}")
 
     SECTION: ClassVar[str] = "architecture"
-    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"task", "duplicate_iou"})
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"task", "duplicate_iou", "box_source"})
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "feature_channels": list(self.feature_channels)}
@@ -161,6 +174,7 @@ class CriterionConfig(_Section):
         no_relation_weight: CE weight of the "no relation" class.
         cost_class, cost_mask, cost_dice: Hungarian matching costs (task "masks").
         cost_bbox, cost_giou: box L1 and -GIoU matching costs (task "boxes", with cost_class; DETR's 5 / 2).
+        cost_proj: BoxInst projection matching cost (task "boxes" with `box_source` "mask"; like cost_dice).
         deep_supervision: match + instance losses on every earlier decoder output too.
     """
 
@@ -175,6 +189,7 @@ class CriterionConfig(_Section):
     cost_bbox: float = 5.0
     cost_giou: float = 2.0
     rqc_pairs: str = "matched"
+    cost_proj: float = 5.0
 
     def __post_init__(self) -> None:
         if self.rqc_pairs not in RQC_PAIRS:
@@ -183,7 +198,7 @@ class CriterionConfig(_Section):
             raise TypeError(f"loss_weights must be a PSGLossWeights, got {type(self.loss_weights).__name__}")
 
     SECTION: ClassVar[str] = "criterion"
-    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"cost_bbox", "cost_giou", "rqc_pairs"})
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"cost_bbox", "cost_giou", "rqc_pairs", "cost_proj"})
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> CriterionConfig:

@@ -11,7 +11,10 @@ Box task (`ArchitectureConfig.task = "boxes"`, Visual Genome): a DETR `BoxHead` 
 every decoder output), the instance decoder's cross-attention is unmasked, the graph's spatial edges come from
 the boxes (`box_spatial_semantic_graph`), the pooled CLIP features are taken inside the boxes and the union
 boxes, the instance loss is DETR's (CE + L1 + GIoU after box matching), and `predict` returns pixel boxes with
-graph-constrained triplets (VG protocol). The mask logits are still computed, unsupervised.
+graph-constrained triplets (VG protocol). The mask logits are still computed, unsupervised, unless
+`box_source = "mask"`: then BoxInst's projection term supervises them with the GT boxes, the cross-attention is
+masked (Mask2Former) and the predicted boxes are the masks' tight boxes (`box_projection`), the head's boxes
+filling in for empty masks.
 
 The frozen parts (UNet + LoRA + captioner adapter, CLIP) stay outside: the model consumes UNet block features
 and the dense CLIP map, so both can be cached per image.
@@ -31,6 +34,7 @@ from spade_core.psg.box_graph import box_masks, box_spatial_semantic_graph, pair
 from spade_core.psg.box_head import BoxHead
 from spade_core.psg.box_losses import box_losses
 from spade_core.psg.box_matcher import BoxHungarianMatcher
+from spade_core.psg.box_projection import box_outside_loss, box_projection_loss, boxes_from_mask_logits
 from spade_core.psg.classifier import OpenVocabClassifier, mask_pool, pooled_logits
 from spade_core.psg.config import PSGLossWeights, SpadePSGConfig
 from spade_core.psg.features import FeaturePyramid
@@ -85,7 +89,7 @@ class SpadePSG(nn.Module):
         # construction order fixes the parameter initialisation drawn from the global RNG: keep it
         self.pyramid = FeaturePyramid(a.feature_channels, a.hidden_dim, a.num_levels)
         self.instance_decoder = InstanceDecoder(a.hidden_dim, a.num_queries, a.decoder_layers, a.num_heads, None,
-                                                a.num_levels, masked_attention=not self.box_task)
+                                                a.num_levels, masked_attention=self.mask_supervised)
         self.object_classifier = OpenVocabClassifier(a.hidden_dim, a.clip_dim)
         self.rgt = RelationGraphTransformer(a.hidden_dim, a.rgt_blocks, a.num_heads, a.use_lcnl, a.use_lcnnl,
                                             a.use_lcl)
@@ -95,12 +99,22 @@ class SpadePSG(nn.Module):
         self.matcher = HungarianMatcher(c.cost_class, c.cost_mask, c.cost_dice)
         if self.box_task:  # last: the mask model's parameters and their initial values stay as they are
             self.box_head = BoxHead(a.hidden_dim)
-            self.box_matcher = BoxHungarianMatcher(c.cost_class, c.cost_bbox, c.cost_giou)
+            self.box_matcher = BoxHungarianMatcher(c.cost_class, c.cost_bbox, c.cost_giou, c.cost_proj)
 
     @property
     def box_task(self) -> bool:
         """Whether this is the box task (`ArchitectureConfig.task == "boxes"`)."""
         return self.config.architecture.task == "boxes"
+
+    @property
+    def boxes_from_masks(self) -> bool:
+        """Box task with `box_source = "mask"`: boxes read off box-supervised masks."""
+        return self.box_task and self.config.architecture.box_source == "mask"
+
+    @property
+    def mask_supervised(self) -> bool:
+        """Whether the mask logits are trained (mask task, or boxes from masks), so masked attention applies."""
+        return not self.box_task or self.boxes_from_masks
 
     def forward(
         self,
@@ -117,10 +131,12 @@ class SpadePSG(nn.Module):
             dense_clip: `[B,E,h,w]` dense CLIP map for the pooled second opinion (None: pooled logits off).
             obj_text: `[C_obj,E]`, pred_text `[C_pred,E]` L2-normalised class text embeddings.
             graph: optional `[B,Q,Q]` 0/1 graph replacing the spatial-semantic one (ablations, tests).
-        Returns dict: `mask_logits [B,Q,H,W]` (unsupervised in the box task), `boxes [B,Q,4]` normalised
-            `(cx, cy, w, h)` (box task; None for masks), `query_feats [B,Q,D]`, `class_logits [B,Q,C_obj+1]`,
-            `aux` list of `(class_logits, mask_logits)` of the earlier decoder outputs (empty without deep
-            supervision), `aux_boxes` list of their `[B,Q,4]` boxes (box task; else empty), `query_valid [B,Q]`
+        Returns dict: `mask_logits [B,Q,H,W]` (unsupervised in the box task with head boxes), `boxes [B,Q,4]`
+            normalised `(cx, cy, w, h)` (box task: the ones the model uses and predicts, see `box_source`; None
+            for masks), `head_boxes [B,Q,4]` (box task: the `BoxHead`'s; None for masks), `query_feats [B,Q,D]`,
+            `class_logits [B,Q,C_obj+1]`, `aux` list of `(class_logits, mask_logits)` of the earlier decoder
+            outputs (empty without deep supervision), `aux_boxes` list of their `[B,Q,4]` head boxes (box task;
+            else empty), `query_valid [B,Q]`
             bool (`detected_queries`, duplicates of `suppress_duplicate_queries` left out), `graph [B,Q,Q]`,
             `rgt_feats [B,Q,D]`, `S [B,Q,Q]`, `pairs [B,P,2]`,
             `pair_valid [B,P]`, `rel_feats [B,P,D]`, `rel_logits [B,P,C_pred+1]`,
@@ -133,7 +149,8 @@ class SpadePSG(nn.Module):
         class_logits = self.object_classifier(inst.query_feats, obj_text)
         deep = self.config.criterion.deep_supervision
         aux = [(self.object_classifier(f, obj_text), m) for f, m in inst.aux] if deep else []
-        boxes = self.box_head(inst.query_feats) if self.box_task else None
+        head_boxes = self.box_head(inst.query_feats) if self.box_task else None
+        boxes = boxes_from_mask_logits(inst.mask_logits, head_boxes) if self.boxes_from_masks else head_boxes
         aux_boxes = [self.box_head(f) for f, _ in inst.aux] if deep and self.box_task else []
 
         soft_masks = inst.mask_logits.detach().sigmoid()
@@ -157,6 +174,7 @@ class SpadePSG(nn.Module):
         return {
             "mask_logits": inst.mask_logits,
             "boxes": boxes,
+            "head_boxes": head_boxes,
             "query_feats": inst.query_feats,
             "class_logits": class_logits,
             "aux": aux,
@@ -203,22 +221,42 @@ class SpadePSG(nn.Module):
         pooled_rel = pooled_logits(mask_pool(dense, unions), pred_text, inf.pooled_temperature)
         return pooled_obj, pooled_rel
 
-    def _instance_loss(self, class_logits: Tensor, pred: Tensor, targets: list[dict], num_masks: float | None,
-                       w: PSGLossWeights) -> tuple[Tensor, dict[str, Tensor], list[tuple[Tensor, Tensor]]]:
-        """Match and weigh the instance loss of one decoder output: `pred` = mask logits `[B,Q,H,W]`
-        (Mask2Former: `ce L_ce + bce L_bce + dice L_dice`) or boxes `[B,Q,4]` (box task, DETR:
-        `ce L_ce + bbox L_bbox + giou L_giou`). Returns (total, parts, matched indices)."""
+    def _instance_loss(self, class_logits: Tensor, mask_logits: Tensor, boxes: Tensor | None, targets: list[dict],
+                       num_masks: float | None, w: PSGLossWeights
+                       ) -> tuple[Tensor, dict[str, Tensor], list[tuple[Tensor, Tensor]]]:
+        """Match and weigh the instance loss of one decoder output: mask logits `[B,Q,H,W]` (Mask2Former:
+        `ce L_ce + bce L_bce + dice L_dice`) or, box task, head boxes `[B,Q,4]` (DETR: `ce L_ce + bbox L_bbox +
+        giou L_giou`; boxes from masks: `+ proj L_proj` on the mask logits, and the projection cost in the
+        matching). Returns (total, parts, matched indices)."""
         no_object = self.config.criterion.no_object_weight
         if not self.box_task:
-            indices = self.matcher(class_logits, pred, targets)
-            parts = mask_losses(class_logits, pred, targets, indices, no_object, num_masks)
+            indices = self.matcher(class_logits, mask_logits, targets)
+            parts = mask_losses(class_logits, mask_logits, targets, indices, no_object, num_masks)
             total = w.ce * parts["loss_ce"] + w.bce * parts["loss_bce"] + w.dice * parts["loss_dice"]
             return total, parts, indices
-        indices = self.box_matcher(class_logits, pred, targets)
+        masks = mask_logits if self.boxes_from_masks else None
+        indices = self.box_matcher(class_logits, boxes, targets, masks)
         parts = {"loss_ce": classification_loss(class_logits, targets, indices, no_object),
-                 **box_losses(pred, targets, indices, num_masks)}
+                 **box_losses(boxes, targets, indices, num_masks)}
         total = w.ce * parts["loss_ce"] + w.bbox * parts["loss_bbox"] + w.giou * parts["loss_giou"]
+        if masks is not None:
+            parts.update(self._box_mask_losses(masks, targets, indices, num_masks))
+            total = total + w.proj * parts["loss_proj"] + w.outside * parts["loss_outside"]
         return total, parts, indices
+
+    @staticmethod
+    def _box_mask_losses(mask_logits: Tensor, targets: list[dict], indices: list[tuple[Tensor, Tensor]],
+                         num_boxes: float | None) -> dict[str, Tensor]:
+        """`loss_proj` (`box_projection_loss`) and `loss_outside` (`box_outside_loss`) over the matched (query
+        mask, GT box) pairs of a batch."""
+        device = mask_logits.device
+        if num_boxes is None:
+            num_boxes = float(sum(int(t["labels"].numel()) for t in targets))
+        num_boxes = max(float(num_boxes), 1.0)
+        src = torch.cat([mask_logits[b, p.to(device)] for b, (p, _) in enumerate(indices)])
+        tgt = torch.cat([targets[b]["boxes"][g.to(device)] for b, (_, g) in enumerate(indices)])
+        return {"loss_proj": box_projection_loss(src, tgt, num_boxes),
+                "loss_outside": box_outside_loss(src, tgt, num_boxes)}
 
     def _instance_targets(self, targets: list[dict], size: tuple[int, int], device: torch.device) -> list[dict]:
         """`labels` + the task's geometry on `device`: `masks` resized to the mask resolution `size`, or `boxes`
@@ -256,8 +294,8 @@ class SpadePSG(nn.Module):
             num_masks: normaliser of the mask (or box) losses (default: GT instances in the batch; pass the DDP
                 mean).
         Returns dict: `loss`, `loss_rel`, `loss_rqc`, `loss_mask`, and for the final layer `loss_ce` +
-            `loss_bce`, `loss_dice` (masks) or `loss_bbox`, `loss_giou` (boxes); the same with suffix `_{i}` for
-            every aux output i.
+            `loss_bce`, `loss_dice` (masks) or `loss_bbox`, `loss_giou` (boxes; + `loss_proj`, `loss_outside` for
+            boxes from masks); the same with suffix `_{i}` for every aux output i.
         """
         crit, num_queries = self.config.criterion, self.config.architecture.num_queries
         w = weights if isinstance(weights, PSGLossWeights) else PSGLossWeights(**{**asdict(crit.loss_weights),
@@ -265,14 +303,12 @@ class SpadePSG(nn.Module):
         mask_logits = outputs["mask_logits"]
         device = mask_logits.device
         tgts = self._instance_targets(targets, tuple(mask_logits.shape[-2:]), device)
-        if self.box_task:
-            final, aux = outputs["boxes"], outputs["aux_boxes"]
-        else:
-            final, aux = mask_logits, [m for _, m in outputs["aux"]]
-        loss_mask, parts, indices = self._instance_loss(outputs["class_logits"], final, tgts, num_masks, w)
+        aux_boxes = outputs["aux_boxes"] if self.box_task else [None] * len(outputs["aux"])
+        loss_mask, parts, indices = self._instance_loss(outputs["class_logits"], mask_logits, outputs["head_boxes"],
+                                                        tgts, num_masks, w)
         result = dict(parts)
-        for i, ((cl, _), pred) in enumerate(zip(outputs["aux"], aux, strict=True)):
-            aux_total, aux_parts, _ = self._instance_loss(cl, pred, tgts, num_masks, w)
+        for i, ((cl, masks), boxes) in enumerate(zip(outputs["aux"], aux_boxes, strict=True)):
+            aux_total, aux_parts, _ = self._instance_loss(cl, masks, boxes, tgts, num_masks, w)
             loss_mask = loss_mask + aux_total
             result.update({f"{k}_{i}": v for k, v in aux_parts.items()})
 

@@ -22,7 +22,8 @@ def test_json_round_trip():
     assert list(raw) == ["architecture", "criterion", "inference"]
     assert raw["architecture"]["feature_channels"] == [32, 64]
     assert raw["criterion"]["loss_weights"] == {"rel": 0.5, "rqc": 0.1, "mask": 2.0, "ce": 2.0, "bce": 5.0,
-                                                "dice": 4.0, "bbox": 5.0, "giou": 2.0}
+                                                "dice": 4.0, "bbox": 5.0, "giou": 2.0, "proj": 5.0,
+                                                "outside": 5.0}
     back = SpadePSGConfig.from_dict(raw)
     assert back == config
     assert isinstance(back.architecture.feature_channels, tuple)

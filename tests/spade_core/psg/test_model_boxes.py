@@ -10,6 +10,7 @@ from torchvision.ops import box_convert, masks_to_boxes
 from spade_core.eval.vg import evaluate as vg_evaluate
 from spade_core.psg.box_graph import box_masks, box_spatial_semantic_graph, union_box_masks
 from spade_core.psg.box_head import denormalize_boxes, normalize_boxes
+from spade_core.psg.box_projection import boxes_from_mask_logits
 from spade_core.psg.classifier import mask_pool, pooled_logits
 from spade_core.psg.config import SpadePSGConfig
 from spade_core.psg.model import SpadePSG
@@ -146,6 +147,28 @@ def test_box_loss_parts_weights_and_gradients(random_psg_inputs):
         model.loss(_run(model, d), d["targets"])
 
 
+def test_boxes_from_masks_forward_and_loss(random_psg_inputs):
+    """`box_source="mask"`: masked cross-attention, the boxes are the masks' tight boxes (the head's for an
+    empty mask), and BoxInst's projection term on every decoder output trains the masks."""
+    d = random_psg_inputs
+    model = _model(d["channels"], box_source="mask")
+    assert model.instance_decoder.masked_attention and model.boxes_from_masks
+    out = _run(model, d)
+    torch.testing.assert_close(out["boxes"], boxes_from_mask_logits(out["mask_logits"], out["head_boxes"]))
+    assert not torch.equal(out["boxes"], out["head_boxes"])
+    losses = model.loss(out, _box_targets(d["targets"]))
+    w = model.config.criterion.loss_weights
+    layer = [w.ce * losses[f"loss_ce{s}"] + w.bbox * losses[f"loss_bbox{s}"] + w.giou * losses[f"loss_giou{s}"]
+             + w.proj * losses[f"loss_proj{s}"] + w.outside * losses[f"loss_outside{s}"]
+             for s in ("", "_0", "_1", "_2")]
+    torch.testing.assert_close(losses["loss_mask"], sum(layer))
+    assert all(losses[f"loss_proj{s}"] > 0 for s in ("", "_0", "_1", "_2"))  # (the random boxes fill the image)
+    losses["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.instance_decoder.mask_embed.parameters())
+    assert all(p.grad is not None for p in model.box_head.parameters())  # the head is still trained
+    assert "loss_proj" not in _model(d["channels"]).loss(_run(_model(d["channels"]), d), _box_targets(d["targets"]))
+
+
 def test_perfectly_predicted_boxes_have_zero_box_loss(random_psg_inputs):
     """Queries 0..S-1 predict the GT boxes and classes (the others a far-off corner box, "no object"): the
     matcher pairs them and L1 = GIoU loss = 0, on every decoder output."""
@@ -162,7 +185,7 @@ def test_perfectly_predicted_boxes_have_zero_box_loss(random_psg_inputs):
         boxes[b, :n] = t["boxes"]
         class_logits[b, torch.arange(n), t["labels"]] = 10.0
         class_logits[b, :n, -1] = -10.0
-    out = {**out, "boxes": boxes, "aux_boxes": [boxes] * 3, "class_logits": class_logits,
+    out = {**out, "boxes": boxes, "head_boxes": boxes, "aux_boxes": [boxes] * 3, "class_logits": class_logits,
            "aux": [(class_logits, m) for _, m in out["aux"]]}
     losses = model.loss(out, targets)
     for s in ("", "_0", "_2"):
@@ -172,7 +195,7 @@ def test_perfectly_predicted_boxes_have_zero_box_loss(random_psg_inputs):
     assert [p.tolist() for p, _ in indices] == [[0, 1, 2], [0]] and [g.tolist() for _, g in indices] == [[0, 1, 2], [0]]
     moved = boxes.clone()
     moved[0, 0, 0] += 0.1  # one box off by 0.1 in cx: L1 = 0.1 / 4 GT boxes
-    losses = model.loss({**out, "boxes": moved}, targets)
+    losses = model.loss({**out, "boxes": moved, "head_boxes": moved}, targets)
     torch.testing.assert_close(losses["loss_bbox"], torch.tensor(0.1 / 4))
 
 
@@ -244,15 +267,16 @@ def test_box_state_dict_extends_the_mask_one():
     assert all(torch.equal(masks[k], boxes[k]) for k in masks)
 
 
-def test_box_overfit_fast(synthetic_psg, single_thread):
+@pytest.mark.parametrize("box_source", ["head", "mask"])
+def test_box_overfit_fast(synthetic_psg, single_thread, box_source):
     """60 steps on the 4 synthetic images with box targets: the loss falls by > 10x and the VG SGDet recall of
     the pixel boxes (IoU >= 0.5, graph-constrained triplets) reaches the GT triplets (R@20 ~ 1; 1 from ~40
-    steps on)."""
+    steps on), with the head's boxes and with the tight boxes of the box-supervised masks."""
     d = synthetic_psg
     targets = _box_targets(d["targets"])
     torch.manual_seed(0)
     model = SpadePSG(make_psg_config(d["channels"], 16, task="boxes", hidden_dim=32, num_queries=8, max_pairs=16,
-                                     rgt_blocks=2, use_pooled_logits=False))
+                                     rgt_blocks=2, use_pooled_logits=False, box_source=box_source))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     losses = []
     for _ in range(60):
