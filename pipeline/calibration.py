@@ -35,7 +35,7 @@ from pipeline.calibration_data import (
 )
 from pipeline.dist import DistContext, split_global_batch
 from pipeline.engine import Checkpointer, ProgressBar, Trainer, TrainResult
-from pipeline.hashing import json_digest
+from pipeline.hashing import code_digest, json_digest
 from pipeline.images import vae_range
 from pipeline.inversion import calibration_records
 from pipeline.models import LoadedModels
@@ -70,10 +70,12 @@ def open_store(models: LoadedModels, image_size: int) -> InversionStore:
 
 def settings_digest(c: CalibrateParams, dtype: str, image_size: int, models: LoadedModels,
                     store: InversionStore) -> str:
-    """Digest of everything that determines the weights after a given step (the checkpoints' key)."""
+    """Digest of everything that determines the weights after a given step (the checkpoints' key), the code
+    included (``code_digest``)."""
     return json_digest({
         "calibrate": c.model_dump(exclude=set(NOT_HASHED)), "dtype": dtype, "image_size": image_size,
         "store": store.settings, "teacher": models.teacher_identity, "clip": models.clip_identity,
+        "code": code_digest(),
     })
 
 

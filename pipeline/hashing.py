@@ -5,6 +5,8 @@
 * :func:`file_digest` — one file's bytes, read in blocks (from :mod:`spade_core.hashing`, which the model
   identities of spade_core use too).
 * :func:`tree_digest` — a folder: relative names and file digests, in sorted order.
+* :func:`code_digest` — the project's source files (checkpoint keys: a checkpoint written by other code is not
+  resumed).
 
 All return the first ``length`` hex digits (16 by default: 64 bits, ample to tell artifacts apart).
 """
@@ -12,6 +14,7 @@ All return the first ``length`` hex digits (16 by default: 64 bits, ample to tel
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,7 +22,10 @@ from typing import Any
 
 from spade_core.hashing import DIGEST_LENGTH, file_digest, update_with_file
 
-__all__ = ["DIGEST_LENGTH", "bytes_digest", "file_digest", "json_digest", "tree_digest", "update_with_file"]
+__all__ = ["DIGEST_LENGTH", "bytes_digest", "code_digest", "file_digest", "json_digest", "tree_digest",
+           "update_with_file"]
+
+PROJECT_PACKAGES = ("spade_core", "pipeline", "stages")
 
 
 def bytes_digest(data: bytes, length: int = DIGEST_LENGTH) -> str:
@@ -53,4 +59,19 @@ def tree_digest(
             continue
         h.update(f.relative_to(root).as_posix().encode())
         h.update(file_digest(f).encode())
+    return h.hexdigest()[:length]
+
+
+def code_digest(packages: Iterable[str] = PROJECT_PACKAGES, length: int = DIGEST_LENGTH) -> str:
+    """Digest of the project's source: every ``.py`` file of ``packages`` (found with ``importlib``, not
+    imported), relative names and file digests. Conservative on purpose: any code change, also one DVC would not
+    rerun a stage for, changes it, so a checkpoint is only resumed by the code that wrote it."""
+    h = hashlib.sha256()
+    for name in sorted(packages):
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"code_digest: no package {name!r}")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        h.update(name.encode())
+        h.update(tree_digest(root, root.rglob("*.py")).encode())
     return h.hexdigest()[:length]

@@ -28,7 +28,7 @@ from pipeline.datasets.index import IndexRecord
 from pipeline.dist import DistContext, barrier, split_global_batch
 from pipeline.engine import Checkpointer, ProgressBar, Trainer, TrainResult
 from pipeline.features import FeatureCache, FrozenFeatures
-from pipeline.hashing import json_digest, tree_digest
+from pipeline.hashing import code_digest, json_digest, tree_digest
 from pipeline.images import load_images
 from pipeline.models import LoadedModels
 from pipeline.params import ModelParams, TrainParams
@@ -62,8 +62,10 @@ def feature_source(frozen: FrozenFeatures, records: list[IndexRecord], size: int
 
 
 def settings_digest(model: ModelParams, train: TrainParams, split: str, identity: dict) -> str:
-    """Digest of everything that determines the weights (the checkpoints' key)."""
-    return json_digest({"model": model.model_dump(), "train": train.model_dump(), "split": split, **identity})
+    """Digest of everything that determines the weights (the checkpoints' key): the params, the inputs'
+    identities and the code (``code_digest``: a checkpoint of other code is not resumed)."""
+    return json_digest({"model": model.model_dump(), "train": train.model_dump(), "split": split, **identity,
+                        "code": code_digest()})
 
 
 @dataclass
