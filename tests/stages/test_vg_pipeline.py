@@ -4,7 +4,8 @@ A project copy with the tiny params and ``data.source: synthetic-vg``, ``data.sp
 under DVC: ``prepare`` writes the synthetic scenes as a real VG-SGG triple and reads it back through the VG
 reader, ``train`` fits the box model, ``evaluate`` scores it with the Scene-Graph-Benchmark / OvSGTR rules.
 The numbers of this tiny run mean nothing (two epochs on 12 images); what is checked is that the VG path runs
-under ``dvc repro`` and writes what it claims.
+under ``dvc repro`` and writes what it claims, with the paper's box head and with boxes from masks
+(``model.box_source``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from .conftest import BIN, copy_project, dvc, dvc_test, sh, tiny_params_dict, wr
 
 @pytest.mark.slow
 @dvc_test
-def test_dvc_repro_on_the_embedded_vg_data(tool_env, tmp_path):
+@pytest.mark.parametrize("box_source", ["head", "mask"])
+def test_dvc_repro_on_the_embedded_vg_data(tool_env, tmp_path, box_source):
     root = copy_project(tmp_path / "vg")
-    write_params(root, tiny_params_dict(data={"source": "synthetic-vg", "split": "ovdr"}))
+    write_params(root, tiny_params_dict(data={"source": "synthetic-vg", "split": "ovdr"},
+                                        model={"box_source": box_source}))
     for cmd in (("init", "-q", "-b", "main"), ("add", "-A"), ("commit", "-qm", "project")):
         sh(root, tool_env, "git", *cmd)
     out = dvc(root, tool_env, "repro").stdout
@@ -34,6 +37,7 @@ def test_dvc_repro_on_the_embedded_vg_data(tool_env, tmp_path):
     assert (root / "data/prepared/dataset/VG-SGG.h5").is_file()
     config = json.loads((root / "artifacts/train/config.json").read_text())
     assert config["model"]["architecture"]["task"] == "boxes"
+    assert config["model"]["architecture"]["box_source"] == box_source
 
     metrics = json.loads((root / "artifacts/metrics.json").read_text())
     assert {"closed", "ovr", "ovd", "chance"} <= set(metrics), metrics
