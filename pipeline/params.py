@@ -243,6 +243,7 @@ class EvaluateParams(_Section):
     alpha: float = Field(0.34, ge=0.0, le=1.0)
     use_diffusion_logits: bool = True
     use_pooled_logits: bool = True
+    all_pairs: bool = False  # not the paper's method: query every detected pair at test, not only eq. 13's
 
     @model_validator(mode="after")
     def _ks(self) -> EvaluateParams:

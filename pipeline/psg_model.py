@@ -84,9 +84,9 @@ TRAINING_INFERENCE = InferenceConfig(alpha=1.0, use_diffusion_logits=True, use_p
 
 def inference_config(evaluate: EvaluateParams) -> InferenceConfig:
     """The classification sources of ``evaluate`` / ``predict`` (paper Table 7): ``P = P_diff^alpha *
-    P_pool^(1-alpha)`` with either source switchable off."""
+    P_pool^(1-alpha)`` with either source switchable off; and ``evaluate.all_pairs`` (eq. 13's gate off)."""
     return InferenceConfig(alpha=evaluate.alpha, use_diffusion_logits=evaluate.use_diffusion_logits,
-                           use_pooled_logits=evaluate.use_pooled_logits)
+                           use_pooled_logits=evaluate.use_pooled_logits, all_pairs=evaluate.all_pairs)
 
 
 def build_psg_model(

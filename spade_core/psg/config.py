@@ -216,12 +216,16 @@ class InferenceConfig(_Section):
         use_diffusion_logits, use_pooled_logits: classification sources (paper Table 7); the decoder
             classifier is always trained (matching needs it) and always gives the objectness.
         pooled_temperature: logit scale of the pooled CLIP classification (CLIP's 100).
+        all_pairs: every ordered pair of detected queries (up to `max_pairs`) becomes a relation query, not only
+            those whose `S_ij` passes eq. 13's `eta` (not the paper's method; an evaluation setting: training
+            keeps eq. 13).
     """
 
     alpha: float
     use_diffusion_logits: bool
     use_pooled_logits: bool
     pooled_temperature: float = 100.0
+    all_pairs: bool = False
 
     def __post_init__(self) -> None:
         if not (self.use_diffusion_logits or self.use_pooled_logits):
@@ -230,6 +234,7 @@ class InferenceConfig(_Section):
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
     SECTION: ClassVar[str] = "inference"
+    ADDED_KEYS: ClassVar[frozenset[str]] = frozenset({"all_pairs"})
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ class SpadePSG(nn.Module):
         nodes = self.rgt(inst.query_feats, graph, valid)
         unit = F.normalize(nodes, dim=-1)
         S = unit @ unit.transpose(1, 2)
-        pairs, pair_valid = select_relation_pairs(S.detach(), a.eta, a.max_pairs, valid, a.min_pairs)
+        min_pairs = a.max_pairs if self.config.inference.all_pairs else a.min_pairs  # all: eq. 13's gate off
+        pairs, pair_valid = select_relation_pairs(S.detach(), a.eta, a.max_pairs, valid, min_pairs)
         rel_feats = self.relation_decoder(self.query_builder(nodes, pairs), pyramid, pair_valid)
         rel_logits = self.predicate_classifier(rel_feats, pred_text)
         pooled_obj, pooled_rel = self._pooled_logits(dense_clip, soft_masks, boxes, pairs, obj_text, pred_text)

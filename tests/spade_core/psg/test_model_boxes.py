@@ -292,3 +292,19 @@ def test_box_overfit_fast(synthetic_psg, single_thread, box_source):
     gt = [{"boxes": denormalize_boxes(t["boxes"], (64, 64)), "labels": t["labels"], "relations": t["relations"]}
           for t in targets]
     assert vg_evaluate(gt, preds, num_predicates=3, ks=(20,))["R@20"] >= 0.9
+
+
+def test_all_pairs_at_inference_turns_off_the_eta_gate(random_psg_inputs):
+    """`InferenceConfig.all_pairs`: every ordered pair of detected queries is queried (up to `max_pairs`), whatever
+    `S`; without it, eq. 13's `eta` (here above every similarity) leaves only the `min_pairs` fallback."""
+    d = random_psg_inputs
+    gated = _model(d["channels"], eta=1.0, min_pairs=2, max_pairs=40).eval()
+    config = SpadePSGConfig.from_dict({**gated.config.to_dict(), "inference": {
+        **gated.config.inference.to_dict(), "all_pairs": True}})
+    every = SpadePSG(config).eval()
+    every.load_state_dict(gated.state_dict())
+    out_gated, out_every = _run(gated, d), _run(every, d)
+    assert out_gated["pair_valid"].sum(1).tolist() == [2, 2]
+    detected = out_every["query_valid"].sum(1)
+    assert out_every["pair_valid"].sum(1).tolist() == (detected * (detected - 1)).clamp(max=40).tolist()
+    torch.testing.assert_close(out_every["boxes"], out_gated["boxes"])  # the instances are the same
