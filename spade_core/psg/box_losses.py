@@ -4,10 +4,11 @@ boxes, each summed over the matched pairs and divided by the number of GT boxes 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import box_convert, generalized_box_iou_loss
+
+from spade_core.psg.matcher import instance_normaliser, matched_pairs
 
 
 def check_box_targets(pred_boxes: Tensor, targets: list[dict]) -> None:
@@ -59,12 +60,8 @@ def box_losses(
     check_box_targets(pred_boxes, targets)
     if len(indices) != len(targets):
         raise ValueError(f"indices: expected {len(targets)} entries, got {len(indices)}")
-    device = pred_boxes.device
-    if num_boxes is None:
-        num_boxes = float(sum(int(t["labels"].numel()) for t in targets))
-    num_boxes = max(float(num_boxes), 1.0)
-    src = torch.cat([pred_boxes[b, p.to(device)] for b, (p, _) in enumerate(indices)])
-    tgt = torch.cat([targets[b]["boxes"].to(device)[g.to(device)] for b, (_, g) in enumerate(indices)])
+    num_boxes = instance_normaliser(targets, num_boxes)
+    src, tgt = matched_pairs(pred_boxes, targets, "boxes", indices)
     if src.shape[0] == 0:
         zero = pred_boxes.sum() * 0.0
         return {"loss_bbox": zero, "loss_giou": zero}

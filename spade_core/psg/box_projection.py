@@ -44,6 +44,13 @@ def box_projection_targets(boxes: Tensor, size: tuple[int, int]) -> tuple[Tensor
     return axis_projections(raster)
 
 
+def _check_matched(mask_logits: Tensor, boxes: Tensor) -> None:
+    """Raise ValueError unless ``mask_logits`` is ``[K,H,W]`` and ``boxes`` ``[K,4]``."""
+    if mask_logits.dim() != 3 or boxes.shape != (mask_logits.shape[0], 4):
+        raise ValueError(f"mask_logits [K,H,W] and boxes [K,4] expected, got {tuple(mask_logits.shape)} and "
+                         f"{tuple(boxes.shape)}")
+
+
 def box_projection_loss(mask_logits: Tensor, boxes: Tensor, num_boxes: float) -> Tensor:
     """BoxInst's projection loss, ``sum_k [Dice(proj_x m_k, proj_x b_k) + Dice(proj_y m_k, proj_y b_k)] /
     num_boxes`` (``mask_losses.dice_loss`` on the projections).
@@ -54,9 +61,7 @@ def box_projection_loss(mask_logits: Tensor, boxes: Tensor, num_boxes: float) ->
         num_boxes: normaliser (GT boxes in the batch; the DDP mean under DDP).
     Returns a scalar (0 with a graph to ``mask_logits`` when K = 0).
     """
-    if mask_logits.dim() != 3 or boxes.shape != (mask_logits.shape[0], 4):
-        raise ValueError(f"mask_logits [K,H,W] and boxes [K,4] expected, got {tuple(mask_logits.shape)} and "
-                         f"{tuple(boxes.shape)}")
+    _check_matched(mask_logits, boxes)
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0.0
     px, py = axis_projections(mask_logits)
@@ -68,9 +73,7 @@ def box_outside_loss(mask_logits: Tensor, boxes: Tensor, num_boxes: float) -> Te
     """Outside-box negatives: per mask, the mean sigmoid BCE toward 0 over the pixels outside its box, summed and
     divided by ``num_boxes``; ``[K, H, W]`` logits, ``[K, 4]`` normalised cxcywh -> scalar (0 with a graph when
     K = 0 or a box covers the whole mask)."""
-    if mask_logits.dim() != 3 or boxes.shape != (mask_logits.shape[0], 4):
-        raise ValueError(f"mask_logits [K,H,W] and boxes [K,4] expected, got {tuple(mask_logits.shape)} and "
-                         f"{tuple(boxes.shape)}")
+    _check_matched(mask_logits, boxes)
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0.0
     inside = box_masks(box_convert(boxes.float().to(mask_logits.device), "cxcywh", "xyxy")[None],

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from spade_core.psg.matcher import check_targets
+from spade_core.psg.matcher import check_targets, instance_normaliser, matched_pairs
 
 
 def sigmoid_bce_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
@@ -89,15 +89,9 @@ def mask_losses(
     check_targets(mask_logits, targets)
     if len(indices) != len(targets):
         raise ValueError(f"indices: expected {len(targets)} entries, got {len(indices)}")
-    device = class_logits.device
-    if num_masks is None:
-        num_masks = float(sum(int(t["labels"].numel()) for t in targets))
-    num_masks = max(float(num_masks), 1.0)
-
+    num_masks = instance_normaliser(targets, num_masks)
     loss_ce = classification_loss(class_logits, targets, indices, no_object_weight)
-    src = [mask_logits[b, p.to(device)] for b, (p, _) in enumerate(indices)]
-    tgt = [targets[b]["masks"].to(device)[g.to(device)] for b, (_, g) in enumerate(indices)]
-    src, tgt = torch.cat(src), torch.cat(tgt)
+    src, tgt = matched_pairs(mask_logits, targets, "masks", indices)
     if src.shape[0] == 0:
         zero = mask_logits.sum() * 0.0
         return {"loss_ce": loss_ce, "loss_bce": zero, "loss_dice": zero}

@@ -92,3 +92,21 @@ def hungarian_indices(targets: list[dict], cost_of) -> list[tuple[Tensor, Tensor
         rows, cols = linear_sum_assignment(cost_of(b, t).cpu().numpy())
         indices.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
     return indices
+
+
+def matched_pairs(pred: Tensor, targets: list[dict], key: str,
+                  indices: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The matched predictions and their targets over a batch: rows ``pred_idx`` of ``pred [B,Q,...]`` and rows
+    ``gt_idx`` of ``targets[b][key]``, concatenated -> ``([K,...], [K,...])`` on ``pred``'s device."""
+    device = pred.device
+    src = torch.cat([pred[b, p.to(device)] for b, (p, _) in enumerate(indices)])
+    tgt = torch.cat([targets[b][key].to(device)[g.to(device)] for b, (_, g) in enumerate(indices)])
+    return src, tgt
+
+
+def instance_normaliser(targets: list[dict], num: float | None) -> float:
+    """The normaliser of the instance losses: ``num`` (the DDP mean under DDP) or, when None, the number of GT
+    instances in the batch; at least 1."""
+    if num is None:
+        num = float(sum(int(t["labels"].numel()) for t in targets))
+    return max(float(num), 1.0)

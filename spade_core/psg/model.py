@@ -41,7 +41,7 @@ from spade_core.psg.features import FeaturePyramid
 from spade_core.psg.graph import pairwise_mask_iou, spatial_semantic_graph
 from spade_core.psg.instance_decoder import InstanceDecoder
 from spade_core.psg.mask_losses import classification_loss, mask_losses, resize_target_masks
-from spade_core.psg.matcher import HungarianMatcher
+from spade_core.psg.matcher import HungarianMatcher, instance_normaliser, matched_pairs
 from spade_core.psg.postprocess import postprocess
 from spade_core.psg.relation_losses import (
     matched_gt_from_indices,
@@ -250,12 +250,8 @@ class SpadePSG(nn.Module):
                          num_boxes: float | None) -> dict[str, Tensor]:
         """`loss_proj` (`box_projection_loss`) and `loss_outside` (`box_outside_loss`) over the matched (query
         mask, GT box) pairs of a batch."""
-        device = mask_logits.device
-        if num_boxes is None:
-            num_boxes = float(sum(int(t["labels"].numel()) for t in targets))
-        num_boxes = max(float(num_boxes), 1.0)
-        src = torch.cat([mask_logits[b, p.to(device)] for b, (p, _) in enumerate(indices)])
-        tgt = torch.cat([targets[b]["boxes"][g.to(device)] for b, (_, g) in enumerate(indices)])
+        num_boxes = instance_normaliser(targets, num_boxes)
+        src, tgt = matched_pairs(mask_logits, targets, "boxes", indices)
         return {"loss_proj": box_projection_loss(src, tgt, num_boxes),
                 "loss_outside": box_outside_loss(src, tgt, num_boxes)}
 

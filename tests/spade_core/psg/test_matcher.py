@@ -96,3 +96,17 @@ def test_empty_targets_and_bad_input():
         matcher(class_logits, mask_logits, [one, {"labels": torch.tensor([1]), "masks": torch.ones(1, 8, 8)}])
     with pytest.raises(ValueError, match="costs"):
         HungarianMatcher(0.0, 0.0, 0.0)
+
+
+def test_matched_pairs_and_instance_normaliser():
+    from spade_core.psg.matcher import instance_normaliser, matched_pairs
+
+    pred = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[10.0, 10.0], [20.0, 20.0]])},
+               {"labels": torch.tensor([4]), "boxes": torch.tensor([[30.0, 30.0]])}]
+    indices = [(torch.tensor([0, 2]), torch.tensor([1, 0])), (torch.tensor([1]), torch.tensor([0]))]
+    src, tgt = matched_pairs(pred, targets, "boxes", indices)
+    assert src.tolist() == [[0.0, 1.0], [4.0, 5.0], [8.0, 9.0]]
+    assert tgt.tolist() == [[20.0, 20.0], [10.0, 10.0], [30.0, 30.0]]
+    assert instance_normaliser(targets, None) == 3.0 and instance_normaliser(targets, 0.25) == 1.0
+    assert instance_normaliser([{"labels": torch.zeros(0)}], None) == 1.0
