@@ -8,8 +8,9 @@ max_x b)`` over matched (mask, box) pairs; :func:`pairwise_projection_cost` is t
 GT box (a Hungarian matching cost); :func:`box_outside_loss` pushes every pixel outside the box to background
 (the projections alone tolerate a stray blob in a row or column the box already covers, e.g. a mask spilling onto
 a second object below the first, and a tight box does not); :func:`boxes_from_mask_logits` reads the box back off
-a predicted mask. BoxInst's pairwise colour-affinity term only shapes the mask inside its box; it is not needed
-for the box and not implemented.
+a predicted mask's :func:`largest_component` (a stray blob of the mask elsewhere in the image would otherwise
+stretch the box to reach it). BoxInst's pairwise colour-affinity term only shapes the mask inside its box; it is
+not needed for the box and not implemented.
 
 Boxes are normalised ``(cx, cy, w, h)`` as everywhere in the box task (``box_head``); masks are logits at any
 resolution ``H x W``; a box is rasterised at that resolution with ``box_graph.box_masks`` (pixel centres).
@@ -104,11 +105,42 @@ def _extent(projection: Tensor, upsample: int) -> tuple[Tensor, Tensor, Tensor]:
     return first / scale, (last + 1) / scale, on.any(dim=-1)
 
 
-def boxes_from_mask_logits(mask_logits: Tensor, fallback: Tensor, upsample: int = 4) -> Tensor:
-    """The tight box of each predicted mask (sigmoid > 0.5), normalised cxcywh.
+def largest_component(masks: Tensor) -> Tensor:
+    """Each mask's largest 8-connected component: ``[N, H, W]`` bool -> ``[N, H, W]`` bool (empty stays empty;
+    of equally large components the one holding the last pixel in raster order).
 
-    The axis projections of the logits are upsampled linearly by ``upsample`` (sub-pixel box edges at the
-    cost of 1-D interpolation, not of upsampling the masks) and the box spans the part above 0.
+    Every foreground pixel starts with its own label (raster index + 1), and labels spread by 3x3 max-pooling
+    within the foreground until none changes (at most the longest path inside a component, in pixels), so each
+    component ends up labelled by its largest index; then the most frequent label of each mask is kept.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks must be [N,H,W], got shape {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    if n == 0 or h * w == 0:
+        return masks.bool()
+    fg = masks.bool()
+    index = torch.arange(1, h * w + 1, device=masks.device, dtype=torch.float32).view(1, h, w)  # exact to 2**24
+    labels = torch.where(fg, index, torch.zeros((), device=masks.device))
+    for _ in range(h * w):
+        grown = torch.where(fg, F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0], labels)
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    flat = labels.long().flatten(1)  # [N, H*W], 0 = background
+    offsets = torch.arange(n, device=masks.device)[:, None] * (h * w + 1)
+    counts = torch.bincount((flat + offsets).flatten(), minlength=n * (h * w + 1)).view(n, h * w + 1)
+    counts[:, 0] = 0
+    best = counts.flip(-1).argmax(dim=-1)  # flipped: of tied labels the largest
+    best = h * w - best
+    return fg & (flat == best[:, None]).view(n, h, w)
+
+
+def boxes_from_mask_logits(mask_logits: Tensor, fallback: Tensor, upsample: int = 4) -> Tensor:
+    """The tight box of each predicted mask's largest component (sigmoid > 0.5), normalised cxcywh.
+
+    The mask is cut to its :func:`largest_component` (the logits of the other foreground pixels are negated),
+    then its axis projections are upsampled linearly by ``upsample`` (sub-pixel box edges at the cost of 1-D
+    interpolation, not of upsampling the masks) and the box spans the part above 0.
 
     Args:
         mask_logits: ``[B, Q, H, W]``.
@@ -122,7 +154,9 @@ def boxes_from_mask_logits(mask_logits: Tensor, fallback: Tensor, upsample: int 
     if upsample < 1:
         raise ValueError(f"upsample must be >= 1, got {upsample}")
     b, q = mask_logits.shape[:2]
-    px, py = axis_projections(mask_logits.detach().flatten(0, 1))
+    logits = mask_logits.detach().flatten(0, 1)
+    stray = (logits > 0) & ~largest_component(logits > 0)
+    px, py = axis_projections(torch.where(stray, -logits, logits))
     x1, x2, any_x = _extent(px, upsample)
     y1, y2, any_y = _extent(py, upsample)
     boxes = box_convert(torch.stack([x1, y1, x2, y2], dim=-1), "xyxy", "cxcywh").view(b, q, 4)
@@ -136,5 +170,6 @@ __all__ = [
     "box_projection_loss",
     "box_projection_targets",
     "boxes_from_mask_logits",
+    "largest_component",
     "pairwise_projection_cost",
 ]

@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from spade_core.psg.box_matcher import BoxHungarianMatcher
 from spade_core.psg.box_projection import (
@@ -8,6 +10,7 @@ from spade_core.psg.box_projection import (
     box_projection_loss,
     box_projection_targets,
     boxes_from_mask_logits,
+    largest_component,
     pairwise_projection_cost,
 )
 
@@ -107,3 +110,31 @@ def test_boxes_from_mask_logits_tight_box_and_fallback():
         boxes_from_mask_logits(masks, fallback, upsample=0)
     with pytest.raises(ValueError, match="fallback"):
         boxes_from_mask_logits(masks, fallback[:, :1])
+
+
+def test_largest_component_matches_scipy_on_random_masks():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(40, 13, 17, generator=gen) < 0.45
+    masks[0] = False  # empty stays empty
+    got = largest_component(masks)
+    for m, g in zip(masks.numpy(), got.numpy()):
+        lab, n = ndimage.label(m, structure=np.ones((3, 3)))  # 8-connected
+        if n == 0:
+            assert not g.any()
+            continue
+        areas = ndimage.sum(m, lab, range(1, n + 1))
+        assert g.sum() == areas.max() and len(np.unique(lab[g])) == 1
+    # a snake-shaped component longer than the grid side is still one component
+    snake = torch.zeros(1, 7, 7, dtype=torch.bool)
+    snake[0, ::2] = True
+    snake[0, 1, 6] = snake[0, 3, 0] = snake[0, 5, 6] = True
+    assert torch.equal(largest_component(snake), snake)
+    with pytest.raises(ValueError, match="N,H,W"):
+        largest_component(masks[0])
+
+
+def test_boxes_from_mask_logits_ignore_a_stray_blob():
+    m = _box_logits(slice(2, 6), slice(0, 4))
+    m[7, 7] = 10.0  # one stray pixel, not connected to the mask
+    boxes = boxes_from_mask_logits(m[None, None], torch.zeros(1, 1, 4), upsample=1)
+    torch.testing.assert_close(boxes[0, 0], torch.tensor(BOX))
