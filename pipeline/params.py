@@ -244,6 +244,7 @@ class EvaluateParams(_Section):
     use_diffusion_logits: bool = True
     use_pooled_logits: bool = True
     all_pairs: bool = False  # not the paper's method: query every detected pair at test, not only eq. 13's
+    chance_draws: int = Field(10, ge=1)  # random draws the chance baseline's recalls are averaged over
 
     @model_validator(mode="after")
     def _ks(self) -> EvaluateParams:

@@ -63,7 +63,8 @@ def run(p: ScopedParams) -> None:
         "skip_empty_predictions": ev.skip_empty_predictions,
     }
     rows, summary = compute_metrics(gts, pred_images, **common)
-    chance = chance_baseline(gts, pred_images, rng_seed=0, max_triplets=ev.max_triplets, **common)
+    chance = chance_baseline(gts, pred_images, rng_seed=0, max_triplets=ev.max_triplets, num_draws=ev.chance_draws,
+                            **common)
 
     with atomic_dir(paths.EVALUATE) as tmp:
         (tmp / "visualisations").mkdir()

@@ -181,6 +181,18 @@ def test_chance_baseline_deterministic_and_below_perfect():
     # a missing prediction stays missing (skipped like the model's)
     d = chance_baseline(gts, [None, *perfect[1:]], rng_seed=3, max_triplets=5, **kw)
     assert d["closed"]["num_images"] == 2 and d["closed"]["num_skipped"] == 1
+    # several draws: R@K / mR@K are the mean of consecutive draws of one generator; counts unchanged
+    many = chance_baseline(gts, perfect, rng_seed=3, max_triplets=100, num_draws=4, **kw)
+    rng = np.random.default_rng(3)
+    draws = []
+    for _ in range(4):
+        rows = [{**p, "triplets": random_triplets(6, len(rel), 4, rng)} for p in perfect]
+        draws.append(compute_metrics(gts, rows, **kw)[1]["closed"])
+    for key in ("R@5", "R@10", "mR@5", "mR@10"):
+        assert many["closed"][key] == pytest.approx(np.mean([d[key] for d in draws]))
+    assert many["closed"]["R@10"] != a["closed"]["R@10"] and many["closed"]["num_images"] == 3
+    with pytest.raises(ValueError, match="num_draws"):
+        chance_baseline(gts, perfect, rng_seed=3, max_triplets=100, num_draws=0, **kw)
 
 
 def test_load_spatial_predicates():
